@@ -1,0 +1,64 @@
+"""The contract every dynamics model satisfies: a posterior over transition functions.
+
+Shapes use ``k`` for function draws, ``m`` for rows (particles) per draw, ``d`` = obs_dim and
+``a`` = act_dim. Function axis first: ``model.step`` applies draw ``i`` to ``obs[i]`` (``m`` rows) as
+one matrix product; weights are never materialized per particle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Optional, Protocol, Tuple
+
+import distrax
+import jax
+
+Params = Any  # a pytree of arrays
+Functions = Any  # a pytree whose leaves have leading axis k (one entry per function draw)
+Batch = Mapping[str, jax.Array]  # keys: obs [n, d], act [n, a], next_obs [n, d], reward [n]
+
+
+class Transition(NamedTuple):
+  """One model step: ``next_obs`` [k, m, d] and ``reward`` [k, m] (``None`` without a reward head)."""
+
+  next_obs: jax.Array
+  reward: Optional[jax.Array]
+
+
+class DynamicsModel(Protocol):
+  """A posterior over transition functions ``s' = f(s, a) + noise``.
+
+  Attributes:
+    obs_dim: observation size ``d``.
+    act_dim: action size ``a``.
+    num_functions: number of distinct function draws (ensemble members, or the elites among
+      them), or ``None`` when draws are unlimited (weight samples of a variational network).
+    learns_reward: whether ``transition`` returns a learned reward.
+  """
+
+  obs_dim: int
+  act_dim: int
+  num_functions: Optional[int]
+  learns_reward: bool
+
+  def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
+    """Initial parameters from example ``obs`` [n, d] and ``act`` [n, a]."""
+
+  def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
+    """Scalar training loss (NLL, plus KL / N for variational models) and a dict of metrics."""
+
+  def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
+    """``k`` draws from the posterior over functions (leading axis ``k`` on every leaf)."""
+
+  def transition(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
+                 act: jax.Array, sample_noise: bool = True) -> Transition:
+    """Applies draw ``i`` to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a]; ``key`` drives the aleatoric
+    noise (ignored when ``sample_noise`` is False, which returns the predicted mean)."""
+
+  def step(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
+           act: jax.Array) -> jax.Array:
+    """``transition(...).next_obs`` with noise sampled: ``next_obs`` [k, m, d]."""
+
+  def predict(self, params: Params, key: jax.Array, obs: jax.Array,
+              act: jax.Array) -> distrax.Distribution:
+    """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: a mixture over
+    function draws (batch shape [n], event shape [d]) for calibration."""
