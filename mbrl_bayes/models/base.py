@@ -18,47 +18,47 @@ Batch = Mapping[str, jax.Array]  # keys: obs [n, d], act [n, a], next_obs [n, d]
 
 
 class Transition(NamedTuple):
-  """One model step: ``next_obs`` [k, m, d] and ``reward`` [k, m] (``None`` without a reward head)."""
+    """One model step: ``next_obs`` [k, m, d] and ``reward`` [k, m] (``None`` without a reward head)."""
 
-  next_obs: jax.Array
-  reward: Optional[jax.Array]
+    next_obs: jax.Array
+    reward: Optional[jax.Array]
 
 
 class DynamicsModel(Protocol):
-  """A posterior over transition functions ``s' = f(s, a) + noise``.
+    """A posterior over transition functions ``s' = f(s, a) + noise``.
 
-  Attributes:
-    obs_dim: observation size ``d``.
-    act_dim: action size ``a``.
-    num_functions: number of distinct function draws (ensemble members, or the elites among
-      them), or ``None`` when draws are unlimited (weight samples of a variational network).
-    learns_reward: whether ``transition`` returns a learned reward.
-  """
+    Attributes:
+        obs_dim: observation size ``d``.
+        act_dim: action size ``a``.
+        num_functions: number of distinct function draws (ensemble members, or the elites among
+            them), or ``None`` when draws are unlimited (weight samples of a variational network).
+        learns_reward: whether ``transition`` returns a learned reward.
+    """
 
-  obs_dim: int
-  act_dim: int
-  num_functions: Optional[int]
-  learns_reward: bool
+    obs_dim: int
+    act_dim: int
+    num_functions: Optional[int]
+    learns_reward: bool
 
-  def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
-    """Initial parameters from example ``obs`` [n, d] and ``act`` [n, a]."""
+    def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
+        """Initial parameters from example ``obs`` [n, d] and ``act`` [n, a]."""
 
-  def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-    """Scalar training loss (NLL, plus KL / N for variational models) and a dict of metrics."""
+    def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
+        """Scalar training loss (NLL, plus KL / N for variational models) and a dict of metrics."""
 
-  def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
-    """``k`` draws from the posterior over functions (leading axis ``k`` on every leaf)."""
+    def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
+        """``k`` draws from the posterior over functions (leading axis ``k`` on every leaf)."""
 
-  def transition(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
-                 act: jax.Array, sample_noise: bool = True) -> Transition:
-    """Applies draw ``i`` to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a]; ``key`` drives the aleatoric
-    noise (ignored when ``sample_noise`` is False, which returns the predicted mean)."""
+    def transition(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
+                                  act: jax.Array, sample_noise: bool = True) -> Transition:
+        """Applies draw ``i`` to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a]; ``key`` drives the aleatoric
+        noise (ignored when ``sample_noise`` is False, which returns the predicted mean)."""
 
-  def step(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
-           act: jax.Array) -> jax.Array:
-    """``transition(...).next_obs`` with noise sampled: ``next_obs`` [k, m, d]."""
+    def step(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
+                      act: jax.Array) -> jax.Array:
+        """``transition(...).next_obs`` with noise sampled: ``next_obs`` [k, m, d]."""
 
-  def predict(self, params: Params, key: jax.Array, obs: jax.Array,
-              act: jax.Array) -> distrax.Distribution:
-    """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: a mixture over
-    function draws (batch shape [n], event shape [d]) for calibration."""
+    def predict(self, params: Params, key: jax.Array, obs: jax.Array,
+                            act: jax.Array) -> distrax.Distribution:
+        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: a mixture over
+        function draws (batch shape [n], event shape [d]) for calibration."""

@@ -1,0 +1,16 @@
+"""Dynamics models as posteriors over transition functions (see ``base.DynamicsModel``)."""
+
+from mbrl_bayes.models.base import DynamicsModel, Transition
+from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
+from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.normalization import Normalizer
+from mbrl_bayes.models.training import train
+
+__all__ = [
+    "DynamicsModel",
+    "GaussianDynamics",
+    "Normalizer",
+    "ProbabilisticEnsemble",
+    "Transition",
+    "train",
+]

@@ -1,0 +1,320 @@
+"""Shared machinery of the MLP dynamics models: ``s' = s + delta``, ``delta ~ N(mu, sigma^2)``.
+
+A subclass supplies the network (``_init_net``, ``_apply_net``) and what a function draw is
+(``sample_functions``); this class does the rest, identically for every model:
+
+* inputs ``[obs, act]`` and targets ``[next_obs - obs, reward?]`` are standardized with statistics
+  fitted on the data (``fit_stats``) and stored in ``params['stats']`` (never trained);
+* a probabilistic head's log-variance is kept inside learned soft bounds (PETS, Chua et al. 2018):
+  ``logvar = max - softplus(max - raw)``, ``logvar = min + softplus(logvar - min)``, with the penalty
+  ``0.01 * (sum(max) - sum(min))`` added to the loss;
+* ``transition`` applies function draw ``i`` to rows ``obs[i]`` (function axis first);
+* ``predict`` returns the predictive mixture over function draws, for calibration.
+
+Params layout: ``{'net': ..., 'logvar_bounds': {'max', 'min'} (probabilistic only),
+'stats': {'input': Normalizer, 'target': Normalizer, 'num_data': int, ...}}``. Everything except
+``'stats'`` is trained.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbrl_bayes.models.base import Batch, Functions, Params, Transition
+from mbrl_bayes.models.normalization import Normalizer
+
+# Predictive stddev (in standardized target units) reported for deterministic models, whose
+# point predictions have no variance of their own; keeps their NLL finite but rightly poor.
+DETERMINISTIC_STD = 1e-3
+
+ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,
+}
+
+
+def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callable:
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[activation]
+
+
+def check_obs_act(obs: Any, act: Any, obs_dim: int, act_dim: int, where: str) -> None:
+    """Raises a one-line ValueError unless ``obs`` [..., obs_dim], ``act`` [..., act_dim] agree."""
+    obs_shape, act_shape = np.shape(obs), np.shape(act)
+    if len(obs_shape) < 1 or obs_shape[-1] != obs_dim:
+        raise ValueError(f"{where}: obs must have shape [..., {obs_dim}], got {obs_shape}.")
+    if len(act_shape) < 1 or act_shape[-1] != act_dim:
+        raise ValueError(f"{where}: act must have shape [..., {act_dim}], got {act_shape}.")
+    if obs_shape[:-1] != act_shape[:-1]:
+        raise ValueError(
+            f"{where}: obs {obs_shape} and act {act_shape} must share their leading dimensions."
+        )
+
+
+def check_finite(name: str, x: Any) -> None:
+    """Raises a one-line ValueError if concrete array ``x`` holds NaN or inf (no-op on tracers)."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf values.")
+
+
+class GaussianDynamics(abc.ABC):
+    """Base of the MLP dynamics models; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: Sequence[int],
+        probabilistic: bool = True,
+        learn_reward: bool = False,
+        activation: str | Callable = "silu",
+        max_logvar_init: float = 0.5,
+        min_logvar_init: float = -10.0,
+        logvar_bound_penalty: float = 0.01,
+    ):
+        if int(obs_dim) <= 0 or int(act_dim) <= 0:
+            raise ValueError(f"obs_dim and act_dim must be positive, got {obs_dim}, {act_dim}.")
+        hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        if any(h <= 0 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}.")
+        self.obs_dim = int(obs_dim)
+        self.act_dim = int(act_dim)
+        self.hidden_sizes = hidden_sizes
+        self.probabilistic = bool(probabilistic)
+        self.learns_reward = bool(learn_reward)
+        self.activation = get_activation(activation)
+        self.max_logvar_init = float(max_logvar_init)
+        self.min_logvar_init = float(min_logvar_init)
+        self.logvar_bound_penalty = float(logvar_bound_penalty)
+
+    # ----------------------------------------------------------------- subclass interface
+    num_functions: Optional[int] = None
+
+    @abc.abstractmethod
+    def _init_net(self, key: jax.Array, x: jax.Array) -> Any:
+        """Initial network params for standardized inputs ``x`` [n, in_dim]."""
+
+    @abc.abstractmethod
+    def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
+        """Raw outputs [k, m, out_size] of draw ``i`` on standardized inputs ``x[i]`` [k, m, in]."""
+
+    @abc.abstractmethod
+    def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
+        """``k`` function draws from the posterior (leading axis ``k`` on every leaf)."""
+
+    @abc.abstractmethod
+    def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
+        """Training loss and metrics."""
+
+    @abc.abstractmethod
+    def eval_functions(self, params: Params, key: jax.Array) -> Functions:
+        """The draws that ``evaluate`` scores (every member of an ensemble; a few weight draws
+        of a variational net)."""
+
+    def evaluate(self, params: Params, key: jax.Array, batch: Batch) -> dict:
+        """Holdout metrics of ``batch`` ([n, ...] arrays), in standardized target units.
+
+        Returns ``score`` [num_members] (MSE of each member for ensembles, of the mean over draws
+        otherwise: lower is better; drives early stopping and elite selection), ``mse`` and
+        ``nll`` (scalars: mean over draws of the per-draw Gaussian NLL up to a constant).
+        """
+        fn_key, net_key = jax.random.split(key)
+        fns = self.eval_functions(params, fn_key)
+        k = jax.tree_util.tree_leaves(fns)[0].shape[0]
+        obs, act, target = self.standardized_targets(params, batch)
+        obs, act = (jnp.broadcast_to(a, (k,) + a.shape) for a in (obs, act))
+        mean, logvar = self._standardized_prediction(params, fns, net_key, obs, act)
+        nll, mse = self.gaussian_nll(params, mean, logvar, target)
+        if getattr(self, "num_members", 1) > 1:
+            score = mse
+        else:
+            score = jnp.square(mean.mean(0) - target).mean()[None]
+        return {"score": score, "mse": mse.mean(), "nll": nll.mean()}
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def in_dim(self) -> int:
+        return self.obs_dim + self.act_dim
+
+    @property
+    def target_dim(self) -> int:
+        return self.obs_dim + int(self.learns_reward)
+
+    @property
+    def out_size(self) -> int:
+        """Network output width: mean (and raw log-variance when probabilistic)."""
+        return self.target_dim * (2 if self.probabilistic else 1)
+
+    # ----------------------------------------------------------------- params
+    def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
+        """Initial params from example ``obs`` [n, d], ``act`` [n, a] (identity normalization)."""
+        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.init")
+        check_finite("obs", obs)
+        check_finite("act", act)
+        x = jnp.concatenate([jnp.asarray(obs, jnp.float32), jnp.asarray(act, jnp.float32)], -1)
+        x = x.reshape(-1, self.in_dim)
+        params: Dict[str, Any] = {"net": self._init_net(key, x)}
+        if self.probabilistic:
+            params["logvar_bounds"] = {
+                "max": jnp.full((self.target_dim,), self.max_logvar_init, jnp.float32),
+                "min": jnp.full((self.target_dim,), self.min_logvar_init, jnp.float32),
+            }
+        params["stats"] = self._init_stats()
+        return params
+
+    def _init_stats(self) -> Dict[str, Any]:
+        return {
+            "input": Normalizer.identity(self.in_dim),
+            "target": Normalizer.identity(self.target_dim),
+            "num_data": jnp.asarray(1, jnp.int32),
+        }
+
+    def fit_stats(self, params: Params, data: Batch) -> Params:
+        """Refits the input/target standardization on ``data`` (the training set)."""
+        inputs, targets = self.inputs_targets(data)
+        stats = dict(params["stats"])
+        stats["input"] = Normalizer.fit(inputs)
+        stats["target"] = Normalizer.fit(targets)
+        stats["num_data"] = jnp.asarray(len(inputs), jnp.int32)
+        return {**params, "stats": stats}
+
+    def inputs_targets(self, data: Batch) -> Tuple[np.ndarray, np.ndarray]:
+        """Model inputs ``[obs, act]`` [n, in_dim] and targets ``[delta, reward?]`` [n, target_dim]."""
+        obs, act, next_obs = data["obs"], data["act"], data["next_obs"]
+        inputs = np.concatenate([obs, act], axis=-1)
+        targets = [next_obs - obs]
+        if self.learns_reward:
+            targets.append(np.asarray(data["reward"])[..., None])
+        return inputs, np.concatenate(targets, axis=-1)
+
+    # ----------------------------------------------------------------- forward
+    def _bounded_logvar(self, params: Params, raw: jax.Array) -> jax.Array:
+        bounds = params["logvar_bounds"]
+        logvar = bounds["max"] - jax.nn.softplus(bounds["max"] - raw)
+        return bounds["min"] + jax.nn.softplus(logvar - bounds["min"])
+
+    def _standardized_prediction(
+        self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array, act: jax.Array
+    ) -> Tuple[jax.Array, Optional[jax.Array]]:
+        """Standardized target mean and log-variance (None if deterministic), each [k, m, t]."""
+        stats = jax.lax.stop_gradient(params["stats"])
+        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        out = self._apply_net(params["net"], fns, key, x)
+        if not self.probabilistic:
+            return out, None
+        mean, raw_logvar = jnp.split(out, 2, axis=-1)
+        return mean, self._bounded_logvar(params, raw_logvar)
+
+    def gaussian_nll(
+        self, params: Params, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array
+    ) -> Tuple[jax.Array, jax.Array]:
+        """Per-draw loss [k] (Gaussian NLL up to a constant, or MSE) and per-draw MSE [k], both
+        averaged over rows and dimensions, in standardized target units."""
+        sq_err = jnp.square(mean - target)
+        mse = sq_err.mean(axis=(-2, -1))
+        if logvar is None:
+            return mse, mse
+        nll = (sq_err * jnp.exp(-logvar) + logvar).mean(axis=(-2, -1))
+        return nll, mse
+
+    def logvar_penalty(self, params: Params) -> jax.Array:
+        if not self.probabilistic:
+            return jnp.zeros(())
+        bounds = params["logvar_bounds"]
+        return self.logvar_bound_penalty * (bounds["max"].sum() - bounds["min"].sum())
+
+    def standardized_targets(self, params: Params, batch: Batch) -> Tuple[jax.Array, ...]:
+        """``obs``, ``act`` and standardized targets of a batch (any leading dims)."""
+        obs, act, next_obs = batch["obs"], batch["act"], batch["next_obs"]
+        targets = [next_obs - obs]
+        if self.learns_reward:
+            targets.append(batch["reward"][..., None])
+        target = jnp.concatenate(targets, axis=-1)
+        stats = jax.lax.stop_gradient(params["stats"])
+        return obs, act, stats["target"].normalize(target)
+
+    def transition(
+        self,
+        params: Params,
+        fns: Functions,
+        key: jax.Array,
+        obs: jax.Array,
+        act: jax.Array,
+        sample_noise: bool = True,
+    ) -> Transition:
+        """Draw ``i`` applied to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a].
+
+        Returns ``Transition(next_obs [k, m, d], reward [k, m] or None)``. With ``sample_noise``
+        the aleatoric noise is drawn from ``key``; otherwise the predicted mean is returned.
+        """
+        net_key, noise_key = jax.random.split(key)
+        mean, logvar = self._standardized_prediction(params, fns, net_key, obs, act)
+        out = mean
+        if sample_noise and logvar is not None:
+            noise = jax.random.normal(noise_key, mean.shape, mean.dtype)
+            out = mean + jnp.exp(0.5 * logvar) * noise
+        out = params["stats"]["target"].denormalize(out)
+        next_obs = obs + out[..., : self.obs_dim]
+        reward = out[..., self.obs_dim] if self.learns_reward else None
+        return Transition(next_obs, reward)
+
+    def step(
+        self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array, act: jax.Array
+    ) -> jax.Array:
+        """``next_obs`` [k, m, d] of draw ``i`` on ``obs[i]``, aleatoric noise included."""
+        return self.transition(params, fns, key, obs, act).next_obs
+
+    def predict_moments(
+        self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
+        num_draws: Optional[int] = None,
+    ) -> Tuple[jax.Array, jax.Array]:
+        """Per-draw predictive mean and variance of ``next_obs``, each [k, n, d], for ``obs`` [n, d].
+
+        ``k`` is ``num_functions`` (all elites) for ensembles, else ``num_draws`` (default 20).
+        """
+        k = self.num_functions or (num_draws or 20)
+        fn_key, net_key = jax.random.split(key)
+        fns = self.sample_functions(params, fn_key, k)
+        obs_k = jnp.broadcast_to(obs, (k,) + obs.shape)
+        act_k = jnp.broadcast_to(act, (k,) + act.shape)
+        mean, logvar = self._standardized_prediction(params, fns, net_key, obs_k, act_k)
+        std = params["stats"]["target"].std
+        if logvar is None:
+            var = jnp.full_like(mean, DETERMINISTIC_STD**2)
+        else:
+            var = jnp.exp(logvar)
+        mean = params["stats"]["target"].denormalize(mean)[..., : self.obs_dim] + obs_k
+        var = (var * jnp.square(std))[..., : self.obs_dim]
+        return mean, var
+
+    def predict(
+        self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
+        num_draws: Optional[int] = None,
+    ) -> distrax.Distribution:
+        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: an equal-weight
+        mixture over function draws of diagonal Gaussians (batch shape [n], event shape [d])."""
+        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.predict")
+        mean, var = self.predict_moments(params, key, obs, act, num_draws)
+        loc = jnp.moveaxis(mean, 0, -2)  # [n, k, d]
+        scale = jnp.sqrt(jnp.moveaxis(var, 0, -2))
+        return distrax.MixtureSameFamily(
+            mixture_distribution=distrax.Categorical(logits=jnp.zeros(loc.shape[:-1])),
+            components_distribution=distrax.MultivariateNormalDiag(loc, scale),
+        )
