@@ -1,6 +1,7 @@
 """Dynamics models as posteriors over transition functions (see ``base.DynamicsModel``)."""
 
 from mbrl_bayes.models.base import DynamicsModel, Transition
+from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.normalization import Normalizer
@@ -9,6 +10,7 @@ from mbrl_bayes.models.training import train
 __all__ = [
     "DynamicsModel",
     "GaussianDynamics",
+    "MCDropoutMLP",
     "Normalizer",
     "ProbabilisticEnsemble",
     "Transition",
