@@ -1,0 +1,59 @@
+"""Bayesian layers for Haiku: distributions over weights, drop-in for Haiku's layers.
+
+``from mbrl_bayes import layers as bl``. Each layer takes the constructor arguments of the
+Haiku module it replaces, in the same order, plus ``kernel_initializer``,
+``kernel_regularizer``, ``bias_initializer`` and ``bias_regularizer``; weights are drawn from
+``hk.next_rng_key()`` (a function sample is a key); ``bl.losses()`` returns the KL penalties
+of the layers applied in the current transform call.
+"""
+
+from mbrl_bayes.layers.collection import losses
+from mbrl_bayes.layers.conv import Conv2DFlipout, Conv2DReparameterization
+from mbrl_bayes.layers.dense import DenseFlipout, DenseReparameterization
+from mbrl_bayes.layers.initializers import (
+    TrainableDeterministic,
+    TrainableGlorotNormal,
+    TrainableHeNormal,
+    TrainableInitializer,
+    TrainableNormal,
+    TrainableNormalFixedStddev,
+    get_initializer,
+)
+from mbrl_bayes.layers.modes import is_posterior_mean, posterior_mean
+from mbrl_bayes.layers.recurrent import (
+    BayesianLSTMState,
+    LSTMCellFlipout,
+    LSTMCellReparameterization,
+)
+from mbrl_bayes.layers.regularizers import (
+    KLDivergence,
+    LaplaceKLDivergence,
+    NormalKLDivergence,
+    Regularizer,
+    get_regularizer,
+)
+
+__all__ = [
+    "DenseReparameterization",
+    "DenseFlipout",
+    "LSTMCellReparameterization",
+    "LSTMCellFlipout",
+    "BayesianLSTMState",
+    "Conv2DReparameterization",
+    "Conv2DFlipout",
+    "TrainableInitializer",
+    "TrainableNormal",
+    "TrainableHeNormal",
+    "TrainableGlorotNormal",
+    "TrainableNormalFixedStddev",
+    "TrainableDeterministic",
+    "get_initializer",
+    "Regularizer",
+    "KLDivergence",
+    "NormalKLDivergence",
+    "LaplaceKLDivergence",
+    "get_regularizer",
+    "losses",
+    "posterior_mean",
+    "is_posterior_mean",
+]
