@@ -1,1 +1,26 @@
+"""Agents and the model-based RL loop (floor 4: wires envs, models and planning)."""
 
+from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
+from agents.config import ModelConfig, PlannerConfig, RunConfig, TrainConfig
+from agents.factory import build_agent, build_model, build_optimizer
+from agents.loop import Run, RunError, evaluate, plot_returns, read_metrics, run_episode
+
+__all__ = [
+    "ModelBasedAgent",
+    "ModelConfig",
+    "PETSAgent",
+    "PlannerConfig",
+    "RandomAgent",
+    "Run",
+    "RunConfig",
+    "RunError",
+    "ThompsonAgent",
+    "TrainConfig",
+    "build_agent",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "plot_returns",
+    "read_metrics",
+    "run_episode",
+]

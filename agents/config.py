@@ -1,0 +1,157 @@
+"""Run configuration: plain dataclasses, written to and read from JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+
+MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "dropout")
+AGENT_NAMES = ("pets", "thompson", "random")
+OPTIMIZER_NAMES = ("cem", "icem", "mppi", "random_shooting")
+PROPAGATION_NAMES = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which dynamics model (see ``MODEL_NAMES``) and its size.
+
+    ``pe``/``de``/``p``/``d``: the PETS probabilistic/deterministic (ensemble) variants;
+    ``vmlp``: variational MLP (Bayesian layers, ``estimator`` reparameterization or flipout);
+    ``dropout``: MC-dropout MLP.
+    """
+
+    name: str = "pe"
+    hidden_sizes: Tuple[int, ...] = (200, 200, 200)
+    ensemble_size: int = 5
+    num_elites: Optional[int] = None
+    learn_reward: bool = False
+    activation: str = "silu"
+    dropout_rate: float = 0.05
+    estimator: str = "flipout"
+    prior_stddev: float = 1.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Arguments of ``mbrl_bayes.models.train``."""
+
+    batch_size: int = 256
+    max_epochs: int = 50
+    patience: int = 5
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-5
+    holdout_fraction: float = 0.1
+
+
+@dataclasses.dataclass
+class PlannerConfig:
+    """MPC: trajectory optimizer (see ``OPTIMIZER_NAMES``), horizon, particles, propagation."""
+
+    optimizer: str = "cem"
+    horizon: int = 15
+    population: int = 350
+    elites: int = 35
+    iterations: int = 5
+    alpha: float = 0.1
+    num_particles: int = 20
+    propagation: str = "ts_inf"
+    beta: float = 1.0  # optimism weight of the 'optimistic' propagation
+    noise_beta: float = 2.0  # iCEM colored-noise exponent
+    temperature: float = 1.0  # MPPI
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """One training run: env, agent, model, planner and the trial loop."""
+
+    env: str = "cartpole_swingup"
+    agent: str = "pets"
+    seed: int = 0
+    trials: int = 10
+    seed_steps: int = 200  # random-action steps collected before the first trial
+    episode_length: Optional[int] = None  # None: the task's own horizon
+    eval_calibration: bool = True
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
+
+    def validate(self) -> "RunConfig":
+        """Raises a one-line ValueError for values no run can use."""
+        import envs  # registry lookups only
+
+        if self.env not in envs.names():
+            raise ValueError(f"Unknown env {self.env!r}; known: {', '.join(envs.names())}.")
+        _check_choice("agent", self.agent, AGENT_NAMES)
+        _check_choice("model", self.model.name, MODEL_NAMES)
+        _check_choice("optimizer", self.planner.optimizer, OPTIMIZER_NAMES)
+        _check_choice("propagation", self.planner.propagation, PROPAGATION_NAMES)
+        if self.trials <= 0:
+            raise ValueError(f"trials must be a positive number, got {self.trials}.")
+        if self.seed_steps < 0:
+            raise ValueError(f"seed_steps must be >= 0, got {self.seed_steps}.")
+        if self.episode_length is not None and self.episode_length <= 0:
+            raise ValueError(f"episode_length must be positive, got {self.episode_length}.")
+        positive = {
+            "horizon": self.planner.horizon, "population": self.planner.population,
+            "elites": self.planner.elites, "iterations": self.planner.iterations,
+            "num_particles": self.planner.num_particles,
+            "ensemble_size": self.model.ensemble_size, "batch_size": self.train.batch_size,
+            "max_epochs": self.train.max_epochs,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}.")
+        if self.planner.elites > self.planner.population:
+            raise ValueError("elites must not exceed population.")
+        return self
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, data)
+
+    @classmethod
+    def load(cls, path: str) -> "RunConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+T = TypeVar("T")
+
+
+def _check_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; known: {', '.join(choices)}.")
+
+
+def _from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
+    """Builds dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys
+    raise ValueError (a typo in a config file must not be silently ignored)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"Expected a JSON object for {cls.__name__}, got {type(data).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory if fields[name].default_factory is not \
+            dataclasses.MISSING else None
+        if default is not None and dataclasses.is_dataclass(default):
+            kwargs[name] = _from_dict(default, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
