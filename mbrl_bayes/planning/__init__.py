@@ -1,0 +1,33 @@
+"""Planning through posteriors over dynamics: vectorized rollouts, trajectory optimizers, MPC.
+
+The planner sees a model only through :class:`~mbrl_bayes.models.base.DynamicsModel`.
+"""
+
+from mbrl_bayes.planning.mpc import MPC, MPCState
+from mbrl_bayes.planning.noise import colored_noise
+from mbrl_bayes.planning.optimizers import (
+    CEM,
+    ICEM,
+    MPPI,
+    ICEMState,
+    PlanState,
+    RandomShooting,
+    TrajectoryOptimizer,
+)
+from mbrl_bayes.planning.rollout import PROPAGATIONS, RolloutResult, rollout
+
+__all__ = [
+    "CEM",
+    "ICEM",
+    "ICEMState",
+    "MPC",
+    "MPCState",
+    "MPPI",
+    "PROPAGATIONS",
+    "PlanState",
+    "RandomShooting",
+    "RolloutResult",
+    "TrajectoryOptimizer",
+    "colored_noise",
+    "rollout",
+]

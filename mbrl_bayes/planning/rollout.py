@@ -1,0 +1,312 @@
+"""Vectorized model rollouts: the return of candidate action sequences under a posterior.
+
+A planner scores ``N`` candidate action sequences of horizon ``H`` from one start state by
+rolling out ``P`` particles per candidate through function draws of a dynamics model (the
+:class:`~mbrl_bayes.models.base.DynamicsModel` contract). All ``N * P`` particles advance together,
+one ``model.transition`` call per time step, with the function axis first: the ``k`` drawn functions
+each get ``N * P / k`` rows, so a layer of an ensemble is one batched matrix product. The horizon is
+a ``lax.scan``. How particles meet functions is the *propagation* mode:
+
+============  =====================================================================================
+``ts_inf``    each particle keeps its function for the whole horizon (PETS TS-inf): particle ``p``
+              of every candidate uses function ``p % k``.
+``ts1``       particles are reshuffled across functions at every step (PETS TS-1): a fresh random
+              permutation of each candidate's particles, still ``P / k`` particles per function.
+``mean``      expectation: no aleatoric noise, the next state (and learned reward) is the mean of
+              the ``k`` functions' predictions; one deterministic trajectory per candidate.
+``thompson``  one function draw for the whole episode: ``fns`` holds a single draw (``k == 1``),
+              all particles use it (aleatoric noise is still sampled).
+``optimistic``  as ``ts_inf``, but the objective is ``mean_k + beta * std_k`` of the per-function
+              returns (each function's return averaged over its particles).
+============  =====================================================================================
+
+Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
+terminating transition itself is collected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mbrl_bayes.models.base import DynamicsModel, Functions, Params
+
+PROPAGATIONS = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
+
+# fn(obs [..., d], act [..., a], next_obs [..., d]) -> [...]
+RewardFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+TerminationFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class RolloutResult(NamedTuple):
+    """Returns of ``N`` candidates with ``P`` particles each (``P = 1`` for ``mean``).
+
+    Attributes:
+        objective: [N] what a planner maximizes: ``mean_return``, or for ``optimistic``
+            ``mean_k + beta * std_k`` over the per-function returns.
+        mean_return: [N] return averaged over particles.
+        std_return: [N] standard deviation of the return over particles (its spread).
+        particle_returns: [N, P] return of each particle; particle ``p`` keeps its index over time.
+        trajectory: [N, P, H + 1, d] states from ``obs0`` on (only with ``return_trajectory``).
+    """
+
+    objective: jax.Array
+    mean_return: jax.Array
+    std_return: jax.Array
+    particle_returns: jax.Array
+    trajectory: Optional[jax.Array]
+
+
+def num_draws(fns: Functions) -> int:
+    """The number ``k`` of function draws in ``fns`` (the leading axis of its leaves)."""
+    leaves = jax.tree_util.tree_leaves(fns)
+    if not leaves:
+        raise ValueError("fns has no array leaves: cannot tell the number of function draws.")
+    return int(leaves[0].shape[0])
+
+
+def check_propagation(propagation: str, num_particles: int, num_functions: int) -> None:
+    """Raises a one-line ValueError if the propagation mode, particle and function counts clash."""
+    if propagation not in PROPAGATIONS:
+        raise ValueError(f"Unknown propagation {propagation!r}; expected one of {PROPAGATIONS}.")
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}.")
+    if num_functions < 1:
+        raise ValueError(f"The number of function draws must be >= 1, got {num_functions}.")
+    if propagation == "thompson" and num_functions != 1:
+        raise ValueError(
+            f"propagation 'thompson' plans with one function draw, got {num_functions} draws."
+        )
+    if propagation in ("ts1", "ts_inf", "optimistic") and num_particles % num_functions:
+        raise ValueError(
+            f"propagation {propagation!r} spreads particles evenly over function draws: "
+            f"num_particles={num_particles} is not divisible by the {num_functions} draws."
+        )
+    if propagation == "optimistic" and num_functions < 2:
+        raise ValueError("propagation 'optimistic' needs at least 2 function draws for a spread.")
+
+
+def rollout(
+    model: DynamicsModel,
+    params: Params,
+    fns: Functions,
+    obs0: jax.Array,
+    action_seqs: jax.Array,
+    reward_fn: Optional[RewardFn],
+    termination_fn: Optional[TerminationFn],
+    key: jax.Array,
+    propagation: str = "ts_inf",
+    num_particles: int = 20,
+    beta: float = 1.0,
+    return_trajectory: bool = False,
+) -> RolloutResult:
+    """Rolls ``N`` candidate action sequences out from ``obs0`` through the model.
+
+    Args:
+        model: a dynamics model (only ``transition`` and ``learns_reward`` are used).
+        params: the model's params.
+        fns: ``k`` function draws (``model.sample_functions(params, key, k)``), drawn once outside.
+        obs0: [d] start state shared by all candidates.
+        action_seqs: [N, H, a] candidate action sequences.
+        reward_fn: ``fn(obs, act, next_obs) -> reward``; ``None`` uses the model's learned reward.
+        termination_fn: ``fn(obs, act, next_obs) -> bool``; ``None`` never terminates.
+        key: drives the aleatoric noise (and the ``ts1`` reshuffles).
+        propagation: one of :data:`PROPAGATIONS` (see the module docstring).
+        num_particles: ``P``, particles per candidate (ignored by ``mean``).
+        beta: optimism weight of ``optimistic``.
+        return_trajectory: also return the [N, P, H + 1, d] particle states.
+
+    Returns:
+        A :class:`RolloutResult`.
+    """
+    k = num_draws(fns)
+    check_propagation(propagation, num_particles, k)
+    if reward_fn is None and not model.learns_reward:
+        raise ValueError("reward_fn is None but the model does not learn the reward.")
+    if obs0.ndim != 1 or action_seqs.ndim != 3:
+        raise ValueError(
+            f"rollout expects obs0 [d] and action_seqs [N, H, a], got {obs0.shape} and "
+            f"{action_seqs.shape}."
+        )
+    num_candidates, horizon, _ = action_seqs.shape
+    obs0 = obs0.astype(jnp.float32)
+    acts = jnp.swapaxes(action_seqs.astype(jnp.float32), 0, 1)  # [H, N, a], time-major
+    keys = jax.random.split(key, horizon)
+
+    def reward_and_done(obs, act, next_obs, learned):
+        reward = learned if reward_fn is None else reward_fn(obs, act, next_obs)
+        done = None if termination_fn is None else termination_fn(obs, act, next_obs)
+        return reward, done
+
+    ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory)
+    if propagation == "mean":
+        particle_returns, traj = _rollout_mean(ctx, obs0)
+    elif propagation == "ts1":
+        particle_returns, traj = _rollout_ts1(ctx, obs0, num_particles)
+    else:  # ts_inf, thompson, optimistic: particle p uses function p % k throughout
+        particle_returns, traj = _rollout_fixed(ctx, obs0, num_particles)
+
+    particle_returns = _finite(particle_returns)
+    mean_return = particle_returns.mean(axis=1)
+    std_return = particle_returns.std(axis=1)
+    if propagation == "optimistic":
+        per_fn = particle_returns.reshape(num_candidates, -1, k).mean(axis=1)  # [N, k]
+        objective = per_fn.mean(axis=1) + beta * per_fn.std(axis=1)
+    else:
+        objective = mean_return
+    trajectory = None
+    if return_trajectory:  # traj: [N, P, H, d]
+        start = jnp.broadcast_to(obs0, traj.shape[:2] + (1, obs0.shape[-1]))
+        trajectory = jnp.concatenate([start, traj], axis=2)
+    return RolloutResult(objective, mean_return, std_return, particle_returns, trajectory)
+
+
+class _Context(NamedTuple):
+    model: Any
+    params: Any
+    fns: Any
+    acts: jax.Array  # [H, N, a]
+    keys: jax.Array  # [H] keys
+    reward_and_done: Callable
+    k: int
+    return_trajectory: bool
+
+
+def _finite(x: jax.Array) -> jax.Array:
+    """Non-finite returns (a diverging model) become a very low return, never NaN."""
+    return jnp.where(jnp.isfinite(x), x, jnp.finfo(x.dtype).min / 4)
+
+
+def _accumulate(ret, alive, reward, done):
+    """Adds the reward of particles still alive, then retires those that terminated."""
+    ret = ret + jnp.where(alive, reward, 0.0)
+    if done is not None:
+        alive = alive & ~done.astype(bool)
+    return ret, alive
+
+
+def _scan(ctx: _Context, body, init):
+    """``lax.scan`` over (actions, keys); the states are emitted only for trajectories."""
+
+    def step(carry, xs):
+        carry, out = body(carry, xs)
+        return carry, (out if ctx.return_trajectory else None)
+
+    return jax.lax.scan(step, init, (ctx.acts, ctx.keys))
+
+
+def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
+    """Particle ``p = j * k + i`` of every candidate uses function ``i`` throughout.
+
+    The carry stays in the model's layout [k, N * P/k, d] (rows candidate-major), so nothing is
+    transposed inside the loop.
+    """
+    k = ctx.k
+    horizon, n, act_dim = ctx.acts.shape
+    pk = num_particles // k
+    rows = n * pk
+
+    def body(carry, xs):
+        obs, ret, alive = carry
+        act_t, key_t = xs
+        act = jnp.broadcast_to(act_t[None, :, None, :], (k, n, pk, act_dim)).reshape(k, rows, -1)
+        tr = ctx.model.transition(ctx.params, ctx.fns, key_t, obs, act)
+        reward, done = ctx.reward_and_done(obs, act, tr.next_obs, tr.reward)
+        ret, alive = _accumulate(ret, alive, reward, done)
+        return (tr.next_obs, ret, alive), tr.next_obs
+
+    init = (
+        jnp.broadcast_to(obs0, (k, rows, obs0.shape[-1])),
+        jnp.zeros((k, rows), jnp.float32),
+        jnp.ones((k, rows), bool),
+    )
+    (_, ret, _), states = _scan(ctx, body, init)
+
+    def to_particles(x):  # [k, N * pk, ...] -> [N, P, ...] with p = j * k + i
+        x = x.reshape((k, n, pk) + x.shape[2:])
+        x = jnp.moveaxis(x, 0, 2)  # [N, pk, k, ...]
+        return x.reshape((n, num_particles) + x.shape[3:])
+
+    traj = None
+    if states is not None:  # [H, k, rows, d] -> [N, P, H, d]
+        traj = to_particles(jnp.moveaxis(states, 0, 2))
+    return to_particles(ret), traj
+
+
+def _rollout_ts1(ctx: _Context, obs0: jax.Array, num_particles: int):
+    """Each step, each candidate's ``P`` particles are randomly permuted over the ``P`` slots, and
+    slot ``q = j * k + i`` goes to function ``i``; the carry keeps particle order [N, P, d]."""
+    k = ctx.k
+    horizon, n, act_dim = ctx.acts.shape
+    pk = num_particles // k
+    d = obs0.shape[-1]
+
+    def to_model(x):  # [N, P, ...] slot order -> [k, N * pk, ...]
+        x = x.reshape((n, pk, k) + x.shape[2:])
+        x = jnp.moveaxis(x, 2, 0)
+        return x.reshape((k, n * pk) + x.shape[3:])
+
+    def from_model(x):  # inverse of to_model
+        x = x.reshape((k, n, pk) + x.shape[2:])
+        x = jnp.moveaxis(x, 0, 2)
+        return x.reshape((n, num_particles) + x.shape[3:])
+
+    def body(carry, xs):
+        obs, ret, alive = carry
+        act_t, key_t = xs
+        perm_key, model_key = jax.random.split(key_t)
+        perm = jnp.argsort(jax.random.uniform(perm_key, (n, num_particles)), axis=1)
+        inv = jnp.argsort(perm, axis=1)
+        slots = jnp.take_along_axis(obs, perm[..., None], axis=1)  # slot q holds particle perm[q]
+        act = jnp.broadcast_to(act_t[:, None, :], (n, num_particles, act_dim))
+        tr = ctx.model.transition(ctx.params, ctx.fns, model_key, to_model(slots), to_model(act))
+        next_obs = jnp.take_along_axis(from_model(tr.next_obs), inv[..., None], axis=1)
+        learned = None
+        if tr.reward is not None:
+            learned = jnp.take_along_axis(from_model(tr.reward), inv, axis=1)
+        reward, done = ctx.reward_and_done(obs, act, next_obs, learned)
+        ret, alive = _accumulate(ret, alive, reward, done)
+        return (next_obs, ret, alive), next_obs
+
+    init = (
+        jnp.broadcast_to(obs0, (n, num_particles, d)),
+        jnp.zeros((n, num_particles), jnp.float32),
+        jnp.ones((n, num_particles), bool),
+    )
+    (_, ret, _), states = _scan(ctx, body, init)
+    traj = None if states is None else jnp.moveaxis(states, 0, 2)  # [N, P, H, d]
+    return ret, traj
+
+
+def _rollout_mean(ctx: _Context, obs0: jax.Array):
+    """One deterministic trajectory per candidate: the mean over the ``k`` functions' noiseless
+    predictions (and learned rewards) at every step."""
+    k = ctx.k
+    horizon, n, act_dim = ctx.acts.shape
+    d = obs0.shape[-1]
+
+    def body(carry, xs):
+        obs, ret, alive = carry
+        act_t, key_t = xs
+        tr = ctx.model.transition(
+            ctx.params, ctx.fns, key_t,
+            jnp.broadcast_to(obs[None], (k, n, d)),
+            jnp.broadcast_to(act_t[None], (k, n, act_dim)),
+            sample_noise=False,
+        )
+        next_obs = tr.next_obs.mean(axis=0)
+        learned = None if tr.reward is None else tr.reward.mean(axis=0)
+        reward, done = ctx.reward_and_done(obs, act_t, next_obs, learned)
+        ret, alive = _accumulate(ret, alive, reward, done)
+        return (next_obs, ret, alive), next_obs
+
+    init = (
+        jnp.broadcast_to(obs0, (n, d)),
+        jnp.zeros((n,), jnp.float32),
+        jnp.ones((n,), bool),
+    )
+    (_, ret, _), states = _scan(ctx, body, init)
+    traj = None if states is None else jnp.moveaxis(states, 0, 1)[:, None]  # [N, 1, H, d]
+    return ret[:, None], traj
