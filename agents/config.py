@@ -37,7 +37,7 @@ class ModelConfig:
 class TrainConfig:
     """Arguments of ``mbrl_bayes.models.train``."""
 
-    batch_size: int = 256
+    batch_size: int = 32
     max_epochs: int = 50
     patience: int = 5
     learning_rate: float = 1e-3

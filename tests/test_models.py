@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mbrl_bayes import models
-from mbrl_bayes.models import MCDropoutMLP, ProbabilisticEnsemble, train
+from mbrl_bayes.models import MCDropoutMLP, ProbabilisticEnsemble, VariationalMLP, train
 
 
 def pendulum_step(obs, act):
@@ -53,6 +53,7 @@ PENDULUM_MODELS = {
                                         ensemble_size=3),
     "dropout": lambda: MCDropoutMLP(obs_dim=3, act_dim=1, hidden_sizes=(64, 64),
                                     dropout_rate=0.05),
+    "vmlp": lambda: VariationalMLP(obs_dim=3, act_dim=1, hidden_sizes=(64, 64)),
 }
 
 

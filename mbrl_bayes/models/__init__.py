@@ -6,6 +6,7 @@ from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.training import train
+from mbrl_bayes.models.variational import VariationalMLP
 
 __all__ = [
     "DynamicsModel",
@@ -14,5 +15,6 @@ __all__ = [
     "Normalizer",
     "ProbabilisticEnsemble",
     "Transition",
+    "VariationalMLP",
     "train",
 ]
