@@ -5,6 +5,7 @@ from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.normalization import Normalizer
+from mbrl_bayes.models.recurrent import VariationalLSTM
 from mbrl_bayes.models.training import train
 from mbrl_bayes.models.variational import VariationalMLP
 
@@ -15,6 +16,7 @@ __all__ = [
     "Normalizer",
     "ProbabilisticEnsemble",
     "Transition",
+    "VariationalLSTM",
     "VariationalMLP",
     "train",
 ]

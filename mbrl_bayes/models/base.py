@@ -18,10 +18,12 @@ Batch = Mapping[str, jax.Array]  # keys: obs [n, d], act [n, a], next_obs [n, d]
 
 
 class Transition(NamedTuple):
-    """One model step: ``next_obs`` [k, m, d] and ``reward`` [k, m] (``None`` without a reward head)."""
+    """One model step: ``next_obs`` [k, m, d], ``reward`` [k, m] (``None`` without a reward head)
+    and, for recurrent models, the ``carry`` (per-row history state) after the step."""
 
     next_obs: jax.Array
     reward: Optional[jax.Array]
+    carry: Any = None
 
 
 class DynamicsModel(Protocol):

@@ -12,6 +12,7 @@ import optax
 
 from mbrl_bayes.models.base import Params
 from mbrl_bayes.models.gaussian import check_finite
+from mbrl_bayes.models.recurrent import sequence_windows
 
 _FIELDS = ("obs", "act", "next_obs", "reward")
 
@@ -118,7 +119,8 @@ def train(
     """Trains ``model`` on the transitions in ``buffer``; returns ``(params, history)``.
 
     A random ``holdout_fraction`` of the data (at most ``max_holdout`` rows, at least one) is
-    held out. Ensembles (``model.num_members > 1``) train each member on its own bootstrap
+    held out (sequence models, with a ``sequence_length``, hold out and train on windows of
+    that many steps within one episode; they need a ``ReplayBuffer``). Ensembles (``model.num_members > 1``) train each member on its own bootstrap
     resample of the rest (``bootstrap=True``), all members in one jitted update step on a
     [members, batch_size, ...] batch. Training stops after ``max_epochs`` or when the holdout
     score has not improved by a relative ``improvement_threshold`` for ``patience`` epochs; each
@@ -134,26 +136,37 @@ def train(
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
     data = buffer_arrays(buffer)
-    n = len(data["obs"])
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
-    perm = rng.permutation(n)
+    window = getattr(model, "sequence_length", None)
+    if window:  # sequence models: the units are windows of `window` steps within an episode
+        units = sequence_windows(buffer, window)
+        offsets = np.arange(window)
+    else:
+        units = np.arange(len(data["obs"]))
+    n = len(units)
+    perm = units[rng.permutation(n)]
     num_holdout = min(max_holdout, max(1, int(round(holdout_fraction * n)))) if n > 1 else 0
     if holdout_fraction == 0.0:
         num_holdout = 0
     holdout_idx, train_idx = perm[:num_holdout], perm[num_holdout:]
-    train_data = _take(data, train_idx)
-    holdout_data = _take(data, holdout_idx) if num_holdout else train_data
-
-    if refit_stats:
-        params = model.fit_stats(params, train_data)
+    if window:
+        if refit_stats:
+            params = model.fit_stats(params, data)
+        train_idx = np.sort(train_idx)
+        holdout_data = _take(data, (holdout_idx if num_holdout else train_idx)[:, None] + offsets)
+        train_data = data  # minibatches gather windows [B, window] from it
+    else:
+        train_data = _take(data, train_idx)
+        holdout_data = _take(data, holdout_idx) if num_holdout else train_data
+        if refit_stats:
+            params = model.fit_stats(params, train_data)
+        train_idx = np.arange(len(train_idx))  # positions in train_data
     num_members = int(getattr(model, "num_members", 1))
     n_train = len(train_idx)
     if num_members > 1 and bootstrap:
-        member_idx = rng.integers(0, n_train, size=(num_members, n_train))
-    elif num_members > 1:
-        member_idx = np.tile(np.arange(n_train), (num_members, 1))
+        member_idx = train_idx[rng.integers(0, n_train, size=(num_members, n_train))]
     else:
-        member_idx = np.arange(n_train)[None]
+        member_idx = np.tile(train_idx, (num_members, 1))
     batch = min(batch_size, n_train)
     num_batches = max(1, n_train // batch)
 
@@ -179,6 +192,8 @@ def train(
         losses, mses = [], []
         for b in range(num_batches):
             idx = order[b] if num_members > 1 else order[b, 0]
+            if window:
+                idx = idx[..., None] + offsets
             minibatch = jax.tree_util.tree_map(lambda x: x[idx], train_jax)
             key, step_key = jax.random.split(key)
             trainable, opt_state, metrics = steps.update(

@@ -1,0 +1,193 @@
+"""The ``mbrl-bayes`` command: ``train``, ``evaluate`` and ``plot``.
+
+    mbrl-bayes train                                   # the default quick run (see DEFAULT_RUN)
+    mbrl-bayes train --env cartpole_swingup --agent pets --trials 10 --seed 0 --out runs/x
+    mbrl-bayes train --resume runs/x [--trials 15]     # continue an interrupted / finished run
+    mbrl-bayes evaluate runs/x --episodes 5
+    mbrl-bayes plot runs/a runs/b ... -o curves.png
+
+Bad input ends with one sentence on stderr and exit status 2; Ctrl-C ends with status 130 after
+the last finished trial has been saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from experiments.presets import preset_config
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mbrl-bayes", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train an agent (or resume a run)")
+    train.add_argument("--env", help="task name (see `envs.names()`); default cartpole_swingup")
+    train.add_argument("--agent", help="pets, thompson or random; default pets")
+    train.add_argument("--model", help="pe, de, p, d, vmlp or dropout; default pe")
+    train.add_argument("--optimizer", help="cem, icem, mppi or random_shooting")
+    train.add_argument("--propagation", help="ts1, ts_inf, mean, thompson or optimistic")
+    train.add_argument("--trials", type=_positive_int, help="number of MPC trials")
+    train.add_argument("--seed", type=int, help="random seed; default 0")
+    train.add_argument("--horizon", type=_positive_int)
+    train.add_argument("--population", type=_positive_int)
+    train.add_argument("--particles", type=_positive_int)
+    train.add_argument("--seed-steps", type=int, help="random steps before the first trial")
+    train.add_argument("--config", help="a JSON RunConfig file (flags override it)")
+    train.add_argument("--out", help="run folder; default runs/<env>-<agent>-<model>-s<seed>")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = sub.add_parser("evaluate", help="run a trained agent and report its return")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--episodes", type=_positive_int, default=5)
+    evaluate.add_argument("--seed", type=int, default=12345)
+
+    plot = sub.add_parser("plot", help="overlay learning curves of runs")
+    plot.add_argument("runs", nargs="+", help="run folders")
+    plot.add_argument("-o", "--output", default="curves.png")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agents import Run, RunConfig
+
+    if args.resume:
+        overrides = [n for n in ("env", "agent", "model", "optimizer", "propagation", "seed",
+                                 "horizon", "population", "particles", "config", "out")
+                     if getattr(args, n) is not None]
+        if overrides:
+            raise ValueError(f"--resume continues a run as configured; drop --{overrides[0]}.")
+        run = Run.resume(args.resume, trials=args.trials)
+        print(f"resuming {args.resume}: {run.trials_done if run.trials_done > 0 else 0} of "
+              f"{run.config.trials} trials done")
+    else:
+        if args.config:
+            try:
+                config = RunConfig.load(args.config)
+            except FileNotFoundError:
+                raise ValueError(f"Config file {args.config} does not exist.") from None
+            except json.JSONDecodeError:
+                raise ValueError(f"Config file {args.config} is not valid JSON.") from None
+        else:
+            config = preset_config(args.env or "cartpole_swingup")
+        if args.env is not None and args.env != config.env:
+            config = _with_env(config, args.env)
+        for flag, attr in (("agent", "agent"), ("trials", "trials"), ("seed", "seed"),
+                           ("seed_steps", "seed_steps")):
+            if getattr(args, flag) is not None:
+                setattr(config, attr, getattr(args, flag))
+        if args.model is not None:
+            config.model.name = args.model
+        for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
+                           ("horizon", "horizon"), ("population", "population"),
+                           ("particles", "num_particles")):
+            if getattr(args, flag) is not None:
+                setattr(config.planner, attr, getattr(args, flag))
+        if config.planner.elites > config.planner.population:
+            config.planner.elites = max(1, config.planner.population // 10)
+        config.validate()
+        out = args.out or os.path.join(
+            "runs", f"{config.env}-{config.agent}-{config.model.name}-s{config.seed}")
+        run = Run.create(out, config)
+        print(f"run folder: {out}")
+    rows = run.run(progress=not args.quiet)
+    best = max(r["return"] for r in rows if r["trial"] > 0)
+    print(f"done: {len(rows) - 1} trials, final return {rows[-1]['return']:.2f}, best {best:.2f}"
+          f" -> {run.out_dir}")
+    return 0
+
+
+def _with_env(config, env: str):
+    """The preset of ``env`` with the non-default fields of ``config`` kept."""
+    from agents import RunConfig
+
+    fresh = preset_config(env)
+    if config.to_dict() == preset_config(config.env).to_dict():
+        return fresh
+    data = config.to_dict()
+    data["env"] = env
+    return RunConfig.from_dict(data)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agents import evaluate
+
+    returns = evaluate(args.run, args.episodes, seed=args.seed)
+    print(f"return over {len(returns)} episodes: {np.mean(returns):.2f} +- {np.std(returns):.2f}"
+          f"  ({', '.join(f'{r:.1f}' for r in returns)})")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from agents import RunConfig, plot_returns, read_metrics
+
+    runs, labels, groups, keys = [], [], [], []
+    for run_dir in args.runs:
+        rows = read_metrics(run_dir)
+        config = RunConfig.load(os.path.join(run_dir, "config.json")).to_dict()
+        config.pop("seed")
+        key = json.dumps(config, sort_keys=True)
+        if key not in keys:
+            keys.append(key)
+        runs.append(rows)
+        groups.append(keys.index(key))
+        labels.append(f"{config['env']} {config['agent']} {config['model']['name']} "
+                      f"{config['planner']['propagation']}")
+    plot_returns(runs, labels, args.output, groups)
+    print(f"wrote {args.output} ({len(runs)} runs, {len(keys)} configs)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler = {"train": _train, "evaluate": _evaluate, "plot": _plot}[args.command]
+        return handler(args)
+    except _UsageError as e:
+        print(f"mbrl-bayes: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nmbrl-bayes: interrupted; the last finished trial is saved "
+              "(continue with `mbrl-bayes train --resume RUN`).", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mbrl-bayes: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cli_entry(argv: Optional[List[str]] = None) -> None:
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    cli_entry()

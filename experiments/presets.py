@@ -1,0 +1,60 @@
+"""Per-task default run configurations (what ``mbrl-bayes train --env NAME`` starts from)."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from agents.config import ModelConfig, PlannerConfig, RunConfig, TrainConfig
+
+
+def _cartpole() -> RunConfig:
+    return RunConfig(
+        env="cartpole_swingup", trials=10, seed_steps=200,
+        model=ModelConfig(hidden_sizes=(200, 200, 200), ensemble_size=5),
+        train=TrainConfig(batch_size=32, max_epochs=50, patience=5),
+        planner=PlannerConfig(horizon=15, population=350, elites=35, iterations=5,
+                              num_particles=20),
+    )
+
+
+def _pendulum() -> RunConfig:
+    return RunConfig(
+        env="pendulum", trials=5, seed_steps=200,
+        model=ModelConfig(hidden_sizes=(200, 200, 200), ensemble_size=5),
+        train=TrainConfig(batch_size=32, max_epochs=50, patience=5),
+        planner=PlannerConfig(horizon=15, population=350, elites=35, iterations=5,
+                              num_particles=20),
+    )
+
+
+def _mujoco(env: str, trials: int, horizon: int) -> Callable[[], RunConfig]:
+    def make() -> RunConfig:
+        return RunConfig(
+            env=env, trials=trials, seed_steps=1000,
+            model=ModelConfig(hidden_sizes=(200, 200, 200, 200), ensemble_size=5),
+            train=TrainConfig(batch_size=256, max_epochs=25, patience=5),
+            planner=PlannerConfig(horizon=horizon, population=500, elites=50, iterations=5,
+                                  num_particles=20),
+        )
+    return make
+
+
+PRESETS: Dict[str, Callable[[], RunConfig]] = {
+    "cartpole_swingup": _cartpole,
+    "pendulum": _pendulum,
+    "inverted_pendulum": _mujoco("inverted_pendulum", 10, 15),
+    "halfcheetah": _mujoco("halfcheetah", 50, 30),
+    "hopper": _mujoco("hopper", 50, 30),
+    "reacher": _mujoco("reacher", 30, 15),
+    "pusher": _mujoco("pusher", 30, 25),
+}
+
+
+def preset_config(env: str) -> RunConfig:
+    """The default ``RunConfig`` of task ``env`` (unknown names raise ValueError)."""
+    if env not in PRESETS:
+        import envs
+
+        envs.task(env)  # raises the registry's one-line error for unknown names
+        return RunConfig(env=env)
+    return PRESETS[env]()

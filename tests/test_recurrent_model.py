@@ -1,0 +1,101 @@
+"""VariationalLSTM: history conditioning on a partially observed system."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrl_bayes.data import ReplayBuffer
+from mbrl_bayes.models import ProbabilisticEnsemble, VariationalLSTM, train
+
+DT = 0.1
+
+
+def oscillator_buffer(episodes, length, seed):
+    """A spring-mass system observed through its position only: the velocity is hidden, so
+    the next position depends on the history, not on the current observation alone."""
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(episodes * length, 1, 1)
+    for _ in range(episodes):
+        x, v = rng.uniform(-1, 1), rng.uniform(-1, 1)
+        for t in range(length):
+            a = rng.uniform(-1, 1)
+            v_next = v + (-4.0 * x + a) * DT
+            x_next = x + v_next * DT
+            buf.add(np.array([x], np.float32), np.array([a], np.float32),
+                    np.array([x_next], np.float32), 0.0, False, t == length - 1)
+            x, v = x_next, v_next
+    return buf
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    buf = oscillator_buffer(60, 40, seed=0)
+    lstm = VariationalLSTM(obs_dim=1, act_dim=1, hidden_sizes=(32,), lstm_size=32,
+                           sequence_length=8)
+    params = lstm.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+    params, history = train(lstm, params, buf, jax.random.PRNGKey(1), batch_size=32,
+                            max_epochs=40, patience=40, learning_rate=3e-3)
+    mlp = ProbabilisticEnsemble(obs_dim=1, act_dim=1, hidden_sizes=(32, 32), ensemble_size=1)
+    mlp_params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+    mlp_params, _ = train(mlp, mlp_params, buf, jax.random.PRNGKey(1), batch_size=32,
+                          max_epochs=40, patience=40)
+    return lstm, params, history, mlp, mlp_params
+
+
+def test_lstm_uses_history_where_a_markov_model_cannot(fitted):
+    lstm, params, history, mlp, mlp_params = fitted
+    test = oscillator_buffer(20, 40, seed=1).as_dict()
+    obs = test["obs"].reshape(20, 40, 1)
+    act = test["act"].reshape(20, 40, 1)
+    nxt = test["next_obs"].reshape(20, 40, 1)
+    means, _ = lstm.predict_sequence_moments(params, jax.random.PRNGKey(0), obs, act,
+                                             num_draws=4)
+    lstm_err = float(jnp.sqrt(jnp.mean(jnp.square(means.mean(0)[:, 3:] - nxt[:, 3:]))))
+    mlp_mean, _ = mlp.predict_moments(mlp_params, jax.random.PRNGKey(0),
+                                      obs.reshape(-1, 1), act.reshape(-1, 1))
+    mlp_err = float(jnp.sqrt(jnp.mean(jnp.square(
+        mlp_mean.mean(0).reshape(20, 40, 1)[:, 3:] - nxt[:, 3:]))))
+    assert lstm_err < 0.5 * mlp_err, (lstm_err, mlp_err)
+    assert history["holdout_mse"][-1] < 0.5 * history["holdout_mse"][0]
+
+
+def test_carry_rollout_matches_sequence_prediction(fitted):
+    """Stepping with the carry reproduces the sequence forward pass (same draw, no noise)."""
+    lstm, params, _, _, _ = fitted
+    test = oscillator_buffer(2, 12, seed=2).as_dict()
+    obs, act = test["obs"].reshape(2, 12, 1), test["act"].reshape(2, 12, 1)
+    key = jax.random.PRNGKey(7)
+    means, _ = lstm.predict_sequence_moments(params, key, obs, act, num_draws=3)
+    fns = lstm.sample_functions(params, key, 3)
+    carry = lstm.initial_carry(params, fns, 2)
+    stepped = []
+    for t in range(12):
+        o = jnp.broadcast_to(obs[:, t], (3, 2, 1))
+        a = jnp.broadcast_to(act[:, t], (3, 2, 1))
+        out = lstm.transition(params, fns, key, o, a, sample_noise=False, carry=carry)
+        carry = out.carry
+        stepped.append(out.next_obs)
+    stepped = jnp.stack(stepped, axis=2)  # [k, m, T, d]
+    np.testing.assert_allclose(stepped, means, rtol=1e-4, atol=1e-5)
+
+
+def test_one_draw_is_one_function(fitted):
+    lstm, params, _, _, _ = fitted
+    fns = lstm.sample_functions(params, jax.random.PRNGKey(0), 2)
+    obs, act = jnp.full((2, 3, 1), 0.2), jnp.full((2, 3, 1), 0.1)
+    a = lstm.transition(params, fns, jax.random.PRNGKey(1), obs, act, sample_noise=False)
+    b = lstm.transition(params, fns, jax.random.PRNGKey(2), obs, act, sample_noise=False)
+    np.testing.assert_array_equal(a.next_obs, b.next_obs)
+    assert not np.allclose(a.next_obs[0], a.next_obs[1])  # different draws, different functions
+    np.testing.assert_allclose(a.next_obs[0], a.next_obs[0, :1].repeat(3, 0), atol=1e-6)
+
+
+def test_sequence_model_needs_episodes():
+    lstm = VariationalLSTM(obs_dim=1, act_dim=1, hidden_sizes=(8,), lstm_size=4,
+                           sequence_length=50)
+    params = lstm.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+    with pytest.raises(ValueError, match="contiguous steps"):
+        train(lstm, params, oscillator_buffer(2, 10, 0), jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="ReplayBuffer"):
+        train(lstm, params, oscillator_buffer(2, 60, 0).as_dict(), jax.random.PRNGKey(0))
