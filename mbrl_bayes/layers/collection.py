@@ -59,16 +59,20 @@ def _current_call(caller: str) -> Any:
     return hk_base.current_context()
 
 
+def _drop_ended_calls(registry: Dict[int, Any]) -> None:
+    # Calls that ended by an exception never ran their teardown callback.
+    active = {id(context) for context in hk_base.context_stack}
+    for ended in [i for i in registry if i not in active]:
+        del registry[ended]
+
+
 def record_penalty(record: PenaltyRecord) -> None:
     """Notes that ``record``'s weight was applied in the current transform call (once)."""
     context = _current_call("A Bayesian layer")
     registry = _records_by_call()
     entry = registry.get(id(context))
     if entry is None or entry[0] is not context:
-        # Drop records of calls that ended by an exception (their teardown never ran).
-        active = {id(c) for c in hk_base.context_stack}
-        for stale in [i for i in registry if i not in active]:
-            del registry[stale]
+        _drop_ended_calls(registry)
         entry = registry[id(context)] = (context, {})
         context.add_teardown_callback(lambda: registry.pop(id(context), None))
     entry[1].setdefault(record.key, record)

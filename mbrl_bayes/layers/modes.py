@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import jax
+
 _POSTERIOR_MEAN = contextvars.ContextVar("mbrl_bayes_layers_posterior_mean", default=False)
 
 
@@ -12,6 +14,11 @@ class _PosteriorMean(contextlib.ContextDecorator):
     """The context manager / decorator returned by :func:`posterior_mean`."""
 
     def __init__(self, enabled: bool):
+        if isinstance(enabled, jax.core.Tracer):
+            raise TypeError(
+                "bl.posterior_mean(enabled) is decided at trace time and needs a Python bool, "
+                "got a traced value: mark that argument static, e.g. "
+                "jax.jit(apply, static_argnames='evaluate').")
         self._enabled = bool(enabled)
         self._token = None
 
