@@ -1,0 +1,194 @@
+"""Shared machinery of the comparison scripts: a resumable grid of runs, tables and plots.
+
+A comparison is a set of *variants* (label -> a change to the task's preset ``RunConfig``), run on
+some envs for some seeds. Each run is an ordinary run folder under
+``OUT/runs/<env>/<variant>/s<seed>``, so an interrupted comparison resumes where it stopped
+(finished runs are skipped, unfinished ones continue from their last trial), and each run can be
+inspected or extended with ``mbrl-bayes``. Results go to ``OUT/results.md`` (tables: mean +- std
+over seeds) and ``OUT/curves_<env>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from agents import Run, RunConfig, plot_returns, read_metrics
+from agents.checkpoint import load_json
+from experiments.presets import preset_config
+
+Variant = Callable[[RunConfig], RunConfig]
+
+
+def tiny(config: RunConfig) -> RunConfig:
+    """A seconds-long version of ``config`` (for tests and smoke runs)."""
+    config.seed_steps = 20
+    config.episode_length = 10
+    config.model.hidden_sizes = (16,)
+    config.model.ensemble_size = min(config.model.ensemble_size, 2)
+    config.train = dataclasses.replace(config.train, batch_size=16, max_epochs=2, patience=2)
+    config.planner = dataclasses.replace(config.planner, horizon=3, population=8, elites=2,
+                                         iterations=1, num_particles=4)
+    return config
+
+
+def fast(config: RunConfig) -> RunConfig:
+    """The comparison budget: a lighter planner and model than the presets, so that a grid of
+    (variants x seeds) fits in hours on a 2-core CPU. Same for every variant."""
+    config.model.hidden_sizes = (200, 200, 200)
+    config.planner = dataclasses.replace(config.planner, population=200, elites=20,
+                                         iterations=4, num_particles=20)
+    return config
+
+
+def base_parser(description: str, default_envs: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--envs", nargs="+", default=list(default_envs))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials per run (default: the script's per-env budget)")
+    parser.add_argument("--variants", nargs="+", default=None, help="subset of variants to run")
+    parser.add_argument("--out", required=True, help="results folder (resumable)")
+    parser.add_argument("--budget", choices=("fast", "preset", "tiny"), default="fast",
+                        help="fast: the comparison budget; preset: the task presets; tiny: a "
+                             "seconds-long smoke run")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def run_grid(
+    out: str,
+    variants: Dict[str, Variant],
+    envs: Sequence[str],
+    seeds: Sequence[int],
+    trials: Dict[str, int],
+    budget: str = "fast",
+    progress: bool = False,
+) -> Dict[str, Dict[str, List[str]]]:
+    """Runs (or resumes) every (env, variant, seed); returns ``{env: {variant: [run dirs]}}``."""
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    budgets = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
+    done: Dict[str, Dict[str, List[str]]] = {}
+    for env in envs:
+        for label, variant in variants.items():
+            for seed in seeds:
+                run_dir = os.path.join(out, "runs", env, label, f"s{seed}")
+                config = budgets[budget](preset_config(env))
+                config.seed = seed
+                config.trials = trials[env]
+                config = variant(config)
+                _run_one(run_dir, config, progress, f"{env} {label} seed {seed}")
+                done.setdefault(env, {}).setdefault(label, []).append(run_dir)
+    return done
+
+
+def _run_one(run_dir: str, config: RunConfig, progress: bool, name: str) -> None:
+    start = time.perf_counter()
+    if os.path.exists(os.path.join(run_dir, "state.json")):
+        state = load_json(os.path.join(run_dir, "state.json"))
+        if state["trials_done"] >= config.trials:
+            return
+        run = Run.resume(run_dir, trials=config.trials)
+    else:
+        run = Run.create(run_dir, config)
+    print(f"== {name}: {run_dir}", flush=True)
+    run.run(progress=progress, log=lambda s: print(f"   {s}", flush=True))
+    timing_path = os.path.join(run_dir, "wallclock.json")
+    previous = load_json(timing_path)["seconds"] if os.path.exists(timing_path) else 0.0
+    with open(timing_path, "w") as f:
+        json.dump({"seconds": previous + time.perf_counter() - start}, f)
+
+
+def _wallclock(run_dir: str) -> float:
+    path = os.path.join(run_dir, "wallclock.json")
+    return load_json(path)["seconds"] if os.path.exists(path) else float("nan")
+
+
+def _mean_std(values: Sequence[float], fmt: str = ".1f") -> str:
+    values = np.asarray([v for v in values if v is not None], float)
+    if values.size == 0:
+        return "-"
+    if values.size == 1:
+        return format(values[0], fmt)
+    return f"{values.mean():{fmt}} ± {values.std():{fmt}}"
+
+
+def summarize(
+    out: str, title: str, command: str, grid: Dict[str, Dict[str, List[str]]],
+    extra_columns: Optional[Dict[str, Callable[[List[Dict]], Optional[float]]]] = None,
+) -> str:
+    """Writes ``OUT/results.md`` and ``OUT/curves_<env>.png``; returns the markdown."""
+    lines = [f"# {title}", "", f"Command: `{command}`", ""]
+    extra_columns = extra_columns or {}
+    for env, variants in grid.items():
+        runs, labels, groups = [], [], []
+        header = ["variant", "seeds", "return, first trial", "final return", "best return",
+                  *extra_columns, "wall-clock per run (s)"]
+        lines += [f"## {env}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for gid, (label, run_dirs) in enumerate(variants.items()):
+            rows_per_run = [read_metrics(d) for d in run_dirs]
+            trials = [[r for r in rows if r["trial"] > 0] for rows in rows_per_run]
+            cells = [
+                label, str(len(run_dirs)),
+                _mean_std([t[0]["return"] for t in trials if t]),
+                _mean_std([t[-1]["return"] for t in trials if t]),
+                _mean_std([max(r["return"] for r in t) for t in trials if t]),
+            ]
+            for fn in extra_columns.values():
+                cells.append(_mean_std([fn(t) for t in trials if t], ".3g"))
+            cells.append(_mean_std([_wallclock(d) for d in run_dirs], ".0f"))
+            lines.append("| " + " | ".join(cells) + " |")
+            runs += rows_per_run
+            labels += [label] * len(run_dirs)
+            groups += [gid] * len(run_dirs)
+        png = f"curves_{env}.png"
+        plot_returns(runs, labels, os.path.join(out, png), groups)
+        lines += ["", f"![{env} learning curves]({png})", ""]
+        per_trial = _per_trial_table(variants)
+        lines += per_trial + [""]
+    text = "\n".join(lines)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def _per_trial_table(variants: Dict[str, List[str]]) -> List[str]:
+    """Return at every trial (mean ± std over seeds), one row per variant."""
+    table = {}
+    max_trial = 0
+    for label, run_dirs in variants.items():
+        by_trial: Dict[int, List[float]] = {}
+        for d in run_dirs:
+            for row in read_metrics(d):
+                by_trial.setdefault(row["trial"], []).append(row["return"])
+        table[label] = by_trial
+        max_trial = max([max_trial, *by_trial])
+    header = ["variant"] + [f"trial {t}" if t else "random" for t in range(max_trial + 1)]
+    lines = ["Return per trial (trial 0: the random seed data):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, by_trial in table.items():
+        cells = [label] + [_mean_std(by_trial.get(t, []), ".0f") for t in range(max_trial + 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def select(variants: Dict[str, Variant], names: Optional[Sequence[str]]) -> Dict[str, Variant]:
+    if names is None:
+        return variants
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise SystemExit(f"Unknown variants {unknown}; known: {list(variants)}.")
+    return {n: variants[n] for n in names}
