@@ -48,7 +48,7 @@ def collect(env_name: str, episodes: int, seed: int, episode_length: int) -> Rep
     rng = np.random.default_rng(seed)
     buf = ReplayBuffer(episodes * episode_length, spec.obs_dim, spec.act_dim)
     low, high = spec.action_low, spec.action_high
-    for e in range(episodes):
+    for _ in range(episodes):
         obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
         noise = np.zeros(spec.act_dim)
         for t in range(episode_length):

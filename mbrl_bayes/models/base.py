@@ -1,8 +1,8 @@
 """The contract every dynamics model satisfies: a posterior over transition functions.
 
 Shapes use ``k`` for function draws, ``m`` for rows (particles) per draw, ``d`` = obs_dim and
-``a`` = act_dim. Function axis first: ``model.step`` applies draw ``i`` to ``obs[i]`` (``m`` rows) as
-one matrix product; weights are never materialized per particle.
+``a`` = act_dim. Function axis first: ``model.step`` applies draw ``i`` to ``obs[i]`` (``m`` rows)
+as one matrix product; weights are never materialized per particle.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class DynamicsModel(Protocol):
         num_functions: number of distinct function draws (ensemble members, or the elites among
             them), or ``None`` when draws are unlimited (weight samples of a variational network).
         learns_reward: whether ``transition`` returns a learned reward.
+
+    Recurrent (history-conditioned) models also take and return a ``carry`` in ``transition``
+    and provide ``initial_carry(params, fns, m)``; see ``VariationalLSTM``.
     """
 
     obs_dim: int
@@ -52,15 +55,15 @@ class DynamicsModel(Protocol):
         """``k`` draws from the posterior over functions (leading axis ``k`` on every leaf)."""
 
     def transition(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
-                                  act: jax.Array, sample_noise: bool = True) -> Transition:
-        """Applies draw ``i`` to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a]; ``key`` drives the aleatoric
-        noise (ignored when ``sample_noise`` is False, which returns the predicted mean)."""
+                   act: jax.Array, sample_noise: bool = True) -> Transition:
+        """Applies draw ``i`` to ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a]. ``key`` drives the
+        aleatoric noise (unused when ``sample_noise`` is False: the predicted mean)."""
 
     def step(self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array,
-                      act: jax.Array) -> jax.Array:
+             act: jax.Array) -> jax.Array:
         """``transition(...).next_obs`` with noise sampled: ``next_obs`` [k, m, d]."""
 
     def predict(self, params: Params, key: jax.Array, obs: jax.Array,
-                            act: jax.Array) -> distrax.Distribution:
-        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: a mixture over
-        function draws (batch shape [n], event shape [d]) for calibration."""
+                act: jax.Array) -> distrax.Distribution:
+        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: a mixture
+        over function draws (batch shape [n], event shape [d]), for calibration."""

@@ -5,8 +5,9 @@ A subclass supplies the network (``_init_net``, ``_apply_net``) and what a funct
 
 * inputs ``[obs, act]`` and targets ``[next_obs - obs, reward?]`` are standardized with statistics
   fitted on the data (``fit_stats``) and stored in ``params['stats']`` (never trained);
-* a probabilistic head's log-variance is kept inside learned soft bounds (PETS, Chua et al. 2018):
-  ``logvar = max - softplus(max - raw)``, ``logvar = min + softplus(logvar - min)``, with the penalty
+* a probabilistic head's log-variance is kept inside learned soft bounds (PETS, Chua et al.
+  2018): ``logvar = max - softplus(max - raw)``, ``logvar = min + softplus(logvar - min)``, with
+  the penalty
   ``0.01 * (sum(max) - sum(min))`` added to the loss;
 * ``transition`` applies function draw ``i`` to rows ``obs[i]`` (function axis first);
 * ``predict`` returns the predictive mixture over function draws, for calibration.
@@ -196,7 +197,7 @@ class GaussianDynamics(abc.ABC):
         return {**params, "stats": stats}
 
     def inputs_targets(self, data: Batch) -> Tuple[np.ndarray, np.ndarray]:
-        """Model inputs ``[obs, act]`` [n, in_dim] and targets ``[delta, reward?]`` [n, target_dim]."""
+        """Model inputs ``[obs, act]`` [n, in_dim], targets ``[delta, reward?]`` [n, target_dim]."""
         obs, act, next_obs = data["obs"], data["act"], data["next_obs"]
         inputs = np.concatenate([obs, act], axis=-1)
         targets = [next_obs - obs]
@@ -285,7 +286,8 @@ class GaussianDynamics(abc.ABC):
         self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
         num_draws: Optional[int] = None,
     ) -> Tuple[jax.Array, jax.Array]:
-        """Per-draw predictive mean and variance of ``next_obs``, each [k, n, d], for ``obs`` [n, d].
+        """Per-draw predictive mean and variance of ``next_obs``, each [k, n, d], for ``obs``
+        [n, d].
 
         ``k`` is ``num_functions`` (all elites) for ensembles, else ``num_draws`` (default 20).
         """
@@ -308,8 +310,9 @@ class GaussianDynamics(abc.ABC):
         self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
         num_draws: Optional[int] = None,
     ) -> distrax.Distribution:
-        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: an equal-weight
-        mixture over function draws of diagonal Gaussians (batch shape [n], event shape [d])."""
+        """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: an
+        equal-weight mixture over function draws of diagonal Gaussians (batch shape [n], event
+        shape [d])."""
         check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.predict")
         mean, var = self.predict_moments(params, key, obs, act, num_draws)
         loc = jnp.moveaxis(mean, 0, -2)  # [n, k, d]

@@ -26,7 +26,9 @@ def buffer_arrays(buffer: Any) -> Dict[str, np.ndarray]:
     elif hasattr(buffer, "get_all"):
         data = buffer.get_all()
     else:
-        raise TypeError(f"Expected a ReplayBuffer or a dict of arrays, got {type(buffer).__name__}.")
+        raise TypeError(
+            f"Expected a ReplayBuffer or a dict of arrays, got {type(buffer).__name__}."
+        )
     missing = [f for f in ("obs", "act", "next_obs") if f not in data]
     if missing:
         raise ValueError(f"Training data lacks the fields {missing}.")
@@ -68,7 +70,6 @@ def make_optimizer(
 class _Steps:
     """The model's jitted update and evaluation functions, cached per (model, optimizer)."""
 
-    _cache: Dict[Tuple[int, Tuple], "_Steps"] = {}
 
     def __init__(self, model: Any, optimizer: optax.GradientTransformation):
         def loss_fn(trainable, stats, key, batch):
@@ -91,10 +92,12 @@ class _Steps:
 
     @classmethod
     def get(cls, model: Any, opt_config: Tuple) -> "_Steps":
-        cache_key = (id(model), opt_config)
-        if cache_key not in cls._cache:
-            cls._cache[cache_key] = cls(model, make_optimizer(*opt_config))
-        return cls._cache[cache_key]
+        """Compiled once per model object and optimizer settings (kept on the model, so they
+        live exactly as long as it does)."""
+        cache = model.__dict__.setdefault("_train_steps", {})
+        if opt_config not in cache:
+            cache[opt_config] = cls(model, make_optimizer(*opt_config))
+        return cache[opt_config]
 
 
 def train(
@@ -120,8 +123,9 @@ def train(
 
     A random ``holdout_fraction`` of the data (at most ``max_holdout`` rows, at least one) is
     held out (sequence models, with a ``sequence_length``, hold out and train on windows of
-    that many steps within one episode; they need a ``ReplayBuffer``). Ensembles (``model.num_members > 1``) train each member on its own bootstrap
-    resample of the rest (``bootstrap=True``), all members in one jitted update step on a
+    that many steps within one episode; they need a ``ReplayBuffer``). Ensembles
+    (``model.num_members > 1``) train each member on its own bootstrap resample of the rest
+    (``bootstrap=True``), all members in one jitted update step on a
     [members, batch_size, ...] batch. Training stops after ``max_epochs`` or when the holdout
     score has not improved by a relative ``improvement_threshold`` for ``patience`` epochs; each
     member keeps its weights from its best holdout epoch. Ensembles then keep their
@@ -194,7 +198,7 @@ def train(
             idx = order[b] if num_members > 1 else order[b, 0]
             if window:
                 idx = idx[..., None] + offsets
-            minibatch = jax.tree_util.tree_map(lambda x: x[idx], train_jax)
+            minibatch = {name: x[idx] for name, x in train_jax.items()}
             key, step_key = jax.random.split(key)
             trainable, opt_state, metrics = steps.update(
                 trainable, opt_state, stats, step_key, minibatch

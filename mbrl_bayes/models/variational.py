@@ -63,7 +63,9 @@ class VariationalMLP(GaussianDynamics):
             **kwargs,
         )
         if estimator not in ESTIMATORS:
-            raise ValueError(f"Unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}.")
+            raise ValueError(
+                f"Unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}."
+            )
         if kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
         self.estimator = estimator
