@@ -13,12 +13,12 @@ from mbrl_bayes.layers.initializers import (
     Initializer,
     InitializerLike,
     TrainableInitializer,
+    fan_in_truncated_normal,
     get_initializer,
 )
 from mbrl_bayes.layers.module import (
     BayesianModule,
     check_floating,
-    fan_in_truncated_normal,
     perturbation,
     rademacher,
     sample_or_mean,

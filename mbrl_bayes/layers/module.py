@@ -16,12 +16,6 @@ from mbrl_bayes.layers.modes import is_posterior_mean
 from mbrl_bayes.layers.regularizers import Regularizer
 
 
-def fan_in_truncated_normal(shape: Sequence[int]) -> Initializer:
-    """``hk.Linear`` / ``hk.ConvND``'s default ``w`` init: truncated normal, stddev
-    ``1 / sqrt(fan_in)`` with ``fan_in = prod(shape[:-1])``."""
-    return hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(np.prod(shape[:-1])))
-
-
 class BayesianModule(hk.Module):
     """A Haiku module whose weights are distributions.
 

@@ -9,9 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from mbrl_bayes.layers.dense import flipout_linear, reparameterized_linear
-from mbrl_bayes.layers.initializers import InitializerLike, TrainableInitializer, get_initializer
+from mbrl_bayes.layers.initializers import (
+    InitializerLike,
+    TrainableInitializer,
+    fan_in_truncated_normal,
+    get_initializer,
+)
 from mbrl_bayes.layers.modes import is_posterior_mean
-from mbrl_bayes.layers.module import BayesianModule, check_floating, fan_in_truncated_normal
+from mbrl_bayes.layers.module import BayesianModule, check_floating
 from mbrl_bayes.layers.regularizers import RegularizerLike, get_regularizer
 
 
