@@ -43,11 +43,11 @@ def _replicate(value: Union[int, Sequence[int]], n: int, what: str) -> Tuple[int
 class _BayesianConvND(BayesianModule):
     """An N-d convolution with a distribution over its kernel; mirrors ``hk.ConvND``.
 
-    ``flipout`` (a class attribute) picks the estimator: one kernel draw per call shared by the
+    ``_flipout`` (a class attribute) picks the estimator: one kernel draw per call shared by the
     batch (reparameterization), or per-example pseudo-independent kernels (Flipout).
     """
 
-    flipout: bool = False
+    _flipout: bool = False
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class _BayesianConvND(BayesianModule):
 
     def _estimate(self, inputs: jax.Array, kernel: distrax.Distribution,
                   key: Optional[jax.Array], precision: Optional[lax.Precision]) -> jax.Array:
-        if not self.flipout:
+        if not self._flipout:
             return self._conv(inputs, sample_or_mean(kernel, key), precision)
         # Flipout: per-example signs on input and output channels, so example i sees the
         # kernel mean(W) + dW * outer(s_in[i], s_out[i]) at every spatial position.
@@ -255,7 +255,7 @@ class Conv2DReparameterization(_BayesianConv2D):
     ``KL(q(W) || N(0, 1))``.
     """
 
-    flipout = False
+    _flipout = False
 
 
 class Conv2DFlipout(_BayesianConv2D):
@@ -266,4 +266,4 @@ class Conv2DFlipout(_BayesianConv2D):
     parameters and penalties as :class:`Conv2DReparameterization`.
     """
 
-    flipout = True
+    _flipout = True

@@ -39,11 +39,11 @@ class BayesianLSTMState(NamedTuple):
 class _BayesianLSTMCell(hk.RNNCore, BayesianModule):
     """An LSTM cell (``hk.LSTM``'s equations) whose gate weights are a distribution.
 
-    ``estimator`` (a class attribute) computes ``[x, h] @ W + b`` from the weight distributions
+    ``_estimator`` (a class attribute) computes ``[x, h] @ W + b`` from the weight distributions
     and a key: reparameterization or Flipout.
     """
 
-    estimator = staticmethod(reparameterized_linear)
+    _estimator = staticmethod(reparameterized_linear)
 
     def __init__(
         self,
@@ -117,7 +117,7 @@ class _BayesianLSTMCell(hk.RNNCore, BayesianModule):
         bias = self.weight_distribution(
             "b", (4 * self.hidden_size,), inputs.dtype, self.bias_initializer,
             self.bias_regularizer, jnp.zeros)
-        gated = type(self).estimator(x_and_h, kernel, bias, weight_key)
+        gated = type(self)._estimator(x_and_h, kernel, bias, weight_key)
         # Gate order and forget-gate bias exactly as hk.LSTM.
         i, g, f, o = jnp.split(gated, indices_or_sections=4, axis=-1)
         f = jax.nn.sigmoid(f + 1)
@@ -158,7 +158,7 @@ class LSTMCellReparameterization(_BayesianLSTMCell):
     ``[n_in + H, 4 H]`` and ``b`` ``[4 H]``.
     """
 
-    estimator = staticmethod(reparameterized_linear)
+    _estimator = staticmethod(reparameterized_linear)
 
 
 class LSTMCellFlipout(_BayesianLSTMCell):
@@ -169,4 +169,4 @@ class LSTMCellFlipout(_BayesianLSTMCell):
     state's key, so each sequence keeps its weights at every step.
     """
 
-    estimator = staticmethod(flipout_linear)
+    _estimator = staticmethod(flipout_linear)
