@@ -4,7 +4,12 @@
 Haiku module it replaces, in the same order, plus ``kernel_initializer``,
 ``kernel_regularizer``, ``bias_initializer`` and ``bias_regularizer``; weights are drawn from
 ``hk.next_rng_key()`` (a function sample is a key); ``bl.losses()`` returns the KL penalties
-of the layers applied in the current transform call.
+of the layers applied in the current transform call; ``bl.posterior_mean()`` evaluates every
+layer at its posterior mean (decided at trace time).
+
+Function axis first: ``jax.vmap(model.apply, in_axes=(None, 0, 0))(params, keys, x)`` with
+``keys`` [k] and ``x`` [k, m, d] (or ``hk.vmap(..., split_rng=(not hk.running_init()))``
+inside a model) applies each of the k weight draws to its m rows as one matrix product.
 """
 
 from mbrl_bayes.layers.collection import losses

@@ -69,6 +69,9 @@ class TrainableInitializer(abc.ABC):
         default: for kernels the distribution ``hk.Linear`` and ``hk.Conv2D`` initialise ``w``
         from (truncated normal, stddev ``1 / sqrt(fan_in)``), for biases zeros. A layer's
         ``w_init`` / ``b_init`` replaces it.
+
+    To write one: a frozen dataclass with a ``loc_init`` field (``with_loc_init`` uses
+    ``dataclasses.replace``) whose ``__call__`` creates parameters named ``{name}_...``.
     """
 
     loc_init: Optional[Initializer]
