@@ -1,4 +1,4 @@
-"""Runs every code block of the README's "Quickstart: Bayesian layers" section."""
+"""Runs every code block of the README's quickstart sections."""
 
 import pathlib
 import re
@@ -27,3 +27,18 @@ def test_section_has_the_three_examples():
 def test_readme_example_runs(index):
     code = _blocks()[index]
     exec(compile(code, f"README.md[layers example {index}]", "exec"), {"__name__": "readme"})
+
+
+MODELS_SECTION = "## Quickstart: Bayesian dynamics and planning"
+MODELS_MARKER = "<!-- readme-test: models -->"
+
+
+def test_models_and_planning_quickstart_runs():
+    text = README.read_text()
+    start = text.index(MODELS_SECTION)
+    end = text.find("\n## ", start + len(MODELS_SECTION))
+    section = text[start:end if end != -1 else None]
+    blocks = re.findall(re.escape(MODELS_MARKER) + r"\s*```python\n(.*?)```", section,
+                        flags=re.DOTALL)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md[models example]", "exec"), {"__name__": "readme"})
