@@ -1,0 +1,174 @@
+"""Seconds per MPC action with a PETS ensemble, against the machine's matrix-multiply peak.
+
+    python benchmarks/planning.py --config pets_cartpole
+    python benchmarks/planning.py --config pets_halfcheetah
+
+Builds ``mbrl_bayes.models.ProbabilisticEnsemble`` (5 members, 4 x 200 SiLU, probabilistic), plans
+with ``mbrl_bayes.planning.MPC`` + ``CEM`` (TS-inf by default), compiles once, then times several
+actions (``block_until_ready``). Model FLOPs are counted analytically: ``2 * in * out`` per dense
+layer per row, rows = population * particles, times horizon * iterations. The peak is measured
+here: a jitted chain of batched matmuls shaped like the model's hidden layer ([E, rows / E, 200] x
+[E, 200, 200]), timed alternately with the actions, and a large square matmul. ``floor_seconds``
+is the model FLOPs at that peak; ``ratio_to_floor`` = seconds_per_action / floor_seconds. The
+last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mbrl_bayes.models import ProbabilisticEnsemble  # noqa: E402
+from mbrl_bayes.planning import CEM, MPC  # noqa: E402
+
+CONFIGS = {
+    "pets_cartpole": dict(obs_dim=4, act_dim=1, ensemble_size=5, hidden=(200,) * 4,
+                          population=350, elites=35, iterations=5, horizon=15, particles=20),
+    "pets_halfcheetah": dict(obs_dim=18, act_dim=6, ensemble_size=5, hidden=(200,) * 4,
+                             population=500, elites=50, iterations=5, horizon=30, particles=20),
+}
+
+
+def model_flops_per_action(cfg: dict) -> float:
+    """Dense-layer FLOPs of all model evaluations behind one action."""
+    sizes = (cfg["obs_dim"] + cfg["act_dim"],) + cfg["hidden"] + (2 * cfg["obs_dim"],)
+    per_row = sum(2 * i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    rows = cfg["population"] * cfg["particles"]
+    return float(per_row * rows * cfg["horizon"] * cfg["iterations"])
+
+
+def _time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peak(cfg: dict, repeats: int = 10, square: bool = True) -> dict:
+    """Matrix-multiply GFLOP/s of this machine.
+
+    ``batched_gflops``: a jitted chain of batched matmuls shaped like the model's hidden layer
+    ([E, rows / E, h] x [E, h, h], rows = population * particles), as many as one action has
+    hidden layers (3 * horizon * iterations for 4 x 200 nets), each feeding the next as in a
+    rollout; it runs about as long as an action, so load from other processes hits both alike.
+    With ``square``, also ``square_gflops`` of one 2048 x 2048 matmul.
+    """
+    e, h = cfg["ensemble_size"], cfg["hidden"][0]
+    rows = cfg["population"] * cfg["particles"] // e
+    steps = (len(cfg["hidden"]) - 1) * cfg["horizon"] * cfg["iterations"]
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (e, rows, h), jnp.float32)
+    w = jax.random.normal(key, (e, h, h), jnp.float32) / np.sqrt(h)
+    t_chain = _time(_matmul_chain, x, w, steps, repeats=repeats)
+    out = {"batched_gflops": 2.0 * e * rows * h * h * steps / t_chain / 1e9}
+    if square:
+        n = 2048
+        a = jax.random.normal(key, (n, n), jnp.float32)
+        out["square_gflops"] = 2.0 * n**3 / _time(_matmul, a, a, repeats=repeats) / 1e9
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _matmul_chain(x: jax.Array, w: jax.Array, steps: int) -> jax.Array:
+    body = lambda _, y: jnp.einsum("kmi,kio->kmo", y, w)
+    return jax.lax.fori_loop(0, steps, body, x)
+
+
+_matmul = jax.jit(lambda a, b: a @ b)
+
+
+def reward_fn(obs, act, next_obs):
+    """A cheap quadratic stand-in for the task reward (its cost is negligible here)."""
+    return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
+
+
+def build(cfg: dict, propagation: str):
+    model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
+                                  hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"])
+    rng = np.random.default_rng(0)
+    n = 1000
+    data = {
+        "obs": rng.normal(size=(n, cfg["obs_dim"])).astype(np.float32),
+        "act": rng.uniform(-1, 1, size=(n, cfg["act_dim"])).astype(np.float32),
+    }
+    data["next_obs"] = (data["obs"] + 0.1 * rng.normal(size=data["obs"].shape)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), data["obs"], data["act"])
+    params = model.fit_stats(params, data)
+    optimizer = CEM(population_size=cfg["population"], num_elites=cfg["elites"],
+                    num_iterations=cfg["iterations"])
+    mpc = MPC(model, optimizer, reward_fn, None, horizon=cfg["horizon"],
+              num_particles=cfg["particles"], propagation=propagation,
+              action_low=-1.0, action_high=1.0)
+    return mpc, params, data["obs"][0]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="pets_cartpole")
+    parser.add_argument("--actions", type=int, default=8, help="timed actions")
+    parser.add_argument("--propagation", default="ts_inf")
+    args = parser.parse_args(argv)
+    cfg = CONFIGS[args.config]
+    load_before = os.getloadavg()[0]
+
+    mpc, params, obs = build(cfg, args.propagation)
+    state = mpc.reset(params, jax.random.PRNGKey(0))
+    start = time.perf_counter()
+    action, state = mpc.act(params, state, obs, jax.random.PRNGKey(1))
+    jax.block_until_ready(action)
+    compile_s = time.perf_counter() - start
+
+    # Actions and the matmul peak are timed alternately, so that load from other processes on
+    # a shared machine hits both alike; the best of each is reported.
+    times, peaks = [], []
+    for i in range(args.actions):
+        start = time.perf_counter()
+        action, state = mpc.act(params, state, obs, jax.random.PRNGKey(2 + i))
+        jax.block_until_ready(action)
+        times.append(time.perf_counter() - start)
+        peaks.append(measure_peak(cfg, repeats=1, square=False)["batched_gflops"])
+    peak = max(peaks)
+    square = measure_peak(cfg, repeats=1)["square_gflops"]
+    seconds = float(np.min(times))
+    flops = model_flops_per_action(cfg)
+    floor = flops / peak / 1e9
+    dev = jax.devices()[0]
+    result = {
+        "config": args.config,
+        "propagation": args.propagation,
+        "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}"
+                  f" ({platform.machine()}, {os.cpu_count()} cpus)",
+        "seconds_per_action": seconds,
+        "seconds_median": float(np.median(times)),
+        "compile_seconds": compile_s,
+        "gflop_per_action": flops / 1e9,
+        "achieved_gflops": flops / seconds / 1e9,
+        "peak_gflops": peak,
+        "square_matmul_gflops": square,
+        "floor_seconds": floor,
+        "ratio_to_floor": seconds / floor,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "jax": jax.__version__,
+    }
+    for key, value in result.items():
+        print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
