@@ -103,6 +103,8 @@ def test_batched_act_matches_single_env_acts(pendulum_mpc):
         mpc.act(params, single, obs, key)
     with pytest.raises(ValueError, match="obs must have shape"):
         mpc.act(params, single, jnp.zeros(4), key)
+    with pytest.raises(ValueError, match="NaN"):
+        mpc.act(params, single, np.full(3, np.nan, np.float32), key)
 
 
 # ----------------------------------------------------------------------------- Thompson draws

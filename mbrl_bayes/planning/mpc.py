@@ -135,6 +135,7 @@ class MPC:
     ) -> Tuple[jax.Array, MPCState]:
         """The first action of the optimized plan: ``obs`` [d] -> [a], or [B, d] -> [B, a]."""
         batch = self._check_obs(state, obs)
+        obs = jnp.asarray(obs, jnp.float32)
         if batch is None:
             return self._act_one(params, state, obs, key)
         return self._act_many(params, state, obs, jax.random.split(key, batch))
@@ -145,6 +146,7 @@ class MPC:
         """Like :meth:`act` but returns the whole plan [H, a] (or [B, H, a]) and the optimizer's
         info (``best_value``: the best objective found, ``best_sequence``)."""
         batch = self._check_obs(state, obs)
+        obs = jnp.asarray(obs, jnp.float32)
         if batch is None:
             return self._plan_one(params, state, obs, key)
         return self._plan_many(params, state, obs, jax.random.split(key, batch))
@@ -155,10 +157,13 @@ class MPC:
     ) -> RolloutResult:
         """Scores ``action_seqs`` [N, H, a] from ``obs`` [d] exactly as the planner does."""
         self._check_obs(state, obs, allow_batch=False)
-        return self._evaluate(params, state, obs, action_seqs, key, bool(return_trajectory))
+        return self._evaluate(params, state, jnp.asarray(obs, jnp.float32), action_seqs, key,
+                              bool(return_trajectory))
 
     # ------------------------------------------------------------------ internals
     def _check_obs(self, state: MPCState, obs: Any, allow_batch: bool = True) -> Optional[int]:
+        if isinstance(obs, np.ndarray) and not np.all(np.isfinite(obs)):
+            raise ValueError("MPC: obs contains NaN or inf values.")
         shape = np.shape(obs)
         d = self.model.obs_dim
         if len(shape) not in ((1, 2) if allow_batch else (1,)) or shape[-1] != d:
