@@ -267,14 +267,21 @@ class GaussianDynamics(abc.ABC):
         """
         net_key, noise_key = jax.random.split(key)
         mean, logvar = self._standardized_prediction(params, fns, net_key, obs, act)
+        return self._as_transition(params, obs, mean, logvar, noise_key, sample_noise)
+
+    def _as_transition(
+        self, params: Params, obs: jax.Array, mean: jax.Array, logvar: Optional[jax.Array],
+        key: jax.Array, sample_noise: bool, carry: Any = None,
+    ) -> Transition:
+        """The step's ``Transition`` from the standardized target mean/log-variance [k, m, t]."""
         out = mean
         if sample_noise and logvar is not None:
-            noise = jax.random.normal(noise_key, mean.shape, mean.dtype)
+            noise = jax.random.normal(key, mean.shape, mean.dtype)
             out = mean + jnp.exp(0.5 * logvar) * noise
         out = params["stats"]["target"].denormalize(out)
         next_obs = obs + out[..., : self.obs_dim]
         reward = out[..., self.obs_dim] if self.learns_reward else None
-        return Transition(next_obs, reward)
+        return Transition(next_obs, reward, carry)
 
     def step(
         self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array, act: jax.Array

@@ -150,16 +150,11 @@ class VariationalLSTM(GaussianDynamics):
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
         out, carry = self._step_net(params["net"], fns, x, carry)
+        mean, logvar = out, None
         if self.probabilistic:
             mean, raw = jnp.split(out, 2, axis=-1)
             logvar = self._bounded_logvar(params, raw)
-            if sample_noise:
-                mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-        else:
-            mean = out
-        delta = stats["target"].denormalize(mean)
-        reward = delta[..., self.obs_dim] if self.learns_reward else None
-        return Transition(obs + delta[..., : self.obs_dim], reward, carry)
+        return self._as_transition(params, obs, mean, logvar, key, sample_noise, carry)
 
     # ----------------------------------------------------------------- training
     def _sequence_prediction(self, net_apply, params: Params, key: jax.Array, batch: Batch):
