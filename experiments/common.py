@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -101,15 +100,14 @@ def _run_one(run_dir: str, config: RunConfig, progress: bool, name: str) -> None
         run = Run.create(run_dir, config)
     print(f"== {name}: {run_dir}", flush=True)
     run.run(progress=progress, log=lambda s: print(f"   {s}", flush=True))
-    timing_path = os.path.join(run_dir, "wallclock.json")
-    previous = load_json(timing_path)["seconds"] if os.path.exists(timing_path) else 0.0
-    with open(timing_path, "w") as f:
-        json.dump({"seconds": previous + time.perf_counter() - start}, f)
+    print(f"   ({time.perf_counter() - start:.0f} s wall-clock)", flush=True)
 
 
-def _wallclock(run_dir: str) -> float:
-    path = os.path.join(run_dir, "wallclock.json")
-    return load_json(path)["seconds"] if os.path.exists(path) else float("nan")
+def _compute_seconds(rows: List[Dict]) -> float:
+    """Seconds a run spent training models and planning (from metrics.csv, so a resumed run
+    counts every trial once; env stepping and start-up are not included)."""
+    return float(sum((r.get("seconds_train") or 0.0) + (r.get("seconds_plan") or 0.0)
+                     for r in rows))
 
 
 def _mean_std(values: Sequence[float], fmt: str = ".1f") -> str:
@@ -131,7 +129,7 @@ def summarize(
     for env, variants in grid.items():
         runs, labels, groups = [], [], []
         header = ["variant", "seeds", "return, first trial", "final return", "best return",
-                  *extra_columns, "wall-clock per run (s)"]
+                  *extra_columns, "train + plan time per run (s)"]
         lines += [f"## {env}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         for gid, (label, run_dirs) in enumerate(variants.items()):
@@ -145,7 +143,7 @@ def summarize(
             ]
             for fn in extra_columns.values():
                 cells.append(_mean_std([fn(t) for t in trials if t], ".3g"))
-            cells.append(_mean_std([_wallclock(d) for d in run_dirs], ".0f"))
+            cells.append(_mean_std([_compute_seconds(rows) for rows in rows_per_run], ".0f"))
             lines.append("| " + " | ".join(cells) + " |")
             runs += rows_per_run
             labels += [label] * len(run_dirs)
