@@ -61,6 +61,24 @@ class LinearModel:
         return Transition(obs @ self.a.T + act @ self.b.T, None)
 
 
+class CountingModel:
+    """A recurrent toy: the carry counts the steps taken, and step ``t`` moves by ``t``."""
+
+    obs_dim, act_dim = 1, 1
+    num_functions = 2
+    learns_reward = False
+
+    def sample_functions(self, params, key, k):
+        return {"id": jnp.arange(k, dtype=jnp.float32)}
+
+    def initial_carry(self, params, fns, m):
+        return {"count": jnp.zeros((fns["id"].shape[0], m, 1))}
+
+    def transition(self, params, fns, key, obs, act, sample_noise=True, carry=None):
+        count = carry["count"] + 1.0
+        return Transition(obs + count, None, {"count": count})
+
+
 def _increments(traj):
     return np.diff(np.asarray(traj[..., 0]), axis=-1)  # [N, P, H]
 
@@ -118,6 +136,17 @@ def test_optimistic_objective_is_mean_plus_beta_std_over_functions():
     per_fn = 2.0 * np.arange(3.0)  # learned reward i over 2 steps
     np.testing.assert_allclose(out.objective, [per_fn.mean() + 2.0 * per_fn.std()], rtol=1e-6)
     np.testing.assert_allclose(out.mean_return, [per_fn.mean()])
+
+
+@pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean"])
+def test_recurrent_models_carry_their_history_through_the_horizon(propagation):
+    model = CountingModel()
+    fns = model.sample_functions({}, None, 2)
+    out = rollout(model, {}, fns, jnp.zeros(1), jnp.zeros((3, 4, 1)), lambda s, a, s2: s2[..., 0],
+                  None, jax.random.PRNGKey(0), propagation, num_particles=4,
+                  return_trajectory=True)
+    inc = _increments(out.trajectory)
+    np.testing.assert_allclose(inc, np.broadcast_to([1.0, 2.0, 3.0, 4.0], inc.shape))
 
 
 def test_terminated_particles_stop_collecting_reward():

@@ -21,7 +21,8 @@ a ``lax.scan``. How particles meet functions is the *propagation* mode:
 ============  =====================================================================================
 
 Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
-terminating transition itself is collected.
+terminating transition itself is collected. Recurrent models (with ``initial_carry``) get their
+per-row history state threaded through the horizon, starting from the zero state at ``obs0``.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ def rollout(
         done = None if termination_fn is None else termination_fn(obs, act, next_obs)
         return reward, done
 
-    ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory)
+    recurrent = callable(getattr(model, "initial_carry", None))
+    ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory,
+                   recurrent)
     if propagation == "mean":
         particle_returns, traj = _rollout_mean(ctx, obs0)
     elif propagation == "ts1":
@@ -172,6 +175,22 @@ class _Context(NamedTuple):
     reward_and_done: Callable
     k: int
     return_trajectory: bool
+    recurrent: bool  # the model threads a per-row ``carry`` (history state) through steps
+
+
+def _transition(ctx: _Context, key, obs, act, carry, sample_noise: bool = True):
+    """``model.transition``, passing and returning the carry of recurrent models."""
+    if not ctx.recurrent:
+        tr = ctx.model.transition(ctx.params, ctx.fns, key, obs, act, sample_noise=sample_noise)
+        return tr, None
+    tr = ctx.model.transition(ctx.params, ctx.fns, key, obs, act, sample_noise=sample_noise,
+                              carry=carry)
+    return tr, tr.carry
+
+
+def _initial_carry(ctx: _Context, m: int):
+    """Zero history state, leaves [k, m, ...], for recurrent models; else None."""
+    return ctx.model.initial_carry(ctx.params, ctx.fns, m) if ctx.recurrent else None
 
 
 def _finite(x: jax.Array) -> jax.Array:
@@ -209,20 +228,21 @@ def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
     rows = n * pk
 
     def body(carry, xs):
-        obs, ret, alive = carry
+        obs, ret, alive, history = carry
         act_t, key_t = xs
         act = jnp.broadcast_to(act_t[None, :, None, :], (k, n, pk, act_dim)).reshape(k, rows, -1)
-        tr = ctx.model.transition(ctx.params, ctx.fns, key_t, obs, act)
+        tr, history = _transition(ctx, key_t, obs, act, history)
         reward, done = ctx.reward_and_done(obs, act, tr.next_obs, tr.reward)
         ret, alive = _accumulate(ret, alive, reward, done)
-        return (tr.next_obs, ret, alive), tr.next_obs
+        return (tr.next_obs, ret, alive, history), tr.next_obs
 
     init = (
         jnp.broadcast_to(obs0, (k, rows, obs0.shape[-1])),
         jnp.zeros((k, rows), jnp.float32),
         jnp.ones((k, rows), bool),
+        _initial_carry(ctx, rows),
     )
-    (_, ret, _), states = _scan(ctx, body, init)
+    (_, ret, _, _), states = _scan(ctx, body, init)
 
     def to_particles(x):  # [k, N * pk, ...] -> [N, P, ...] with p = j * k + i
         x = x.reshape((k, n, pk) + x.shape[2:])
@@ -253,29 +273,35 @@ def _rollout_ts1(ctx: _Context, obs0: jax.Array, num_particles: int):
         x = jnp.moveaxis(x, 0, 2)
         return x.reshape((n, num_particles) + x.shape[3:])
 
+    def permute(x, perm):  # [N, P, ...] along particles
+        return jnp.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1)
+
     def body(carry, xs):
-        obs, ret, alive = carry
+        obs, ret, alive, history = carry
         act_t, key_t = xs
         perm_key, model_key = jax.random.split(key_t)
         perm = jnp.argsort(jax.random.uniform(perm_key, (n, num_particles)), axis=1)
         inv = jnp.argsort(perm, axis=1)
-        slots = jnp.take_along_axis(obs, perm[..., None], axis=1)  # slot q holds particle perm[q]
+        slots = permute(obs, perm)  # slot q holds particle perm[q]
         act = jnp.broadcast_to(act_t[:, None, :], (n, num_particles, act_dim))
-        tr = ctx.model.transition(ctx.params, ctx.fns, model_key, to_model(slots), to_model(act))
-        next_obs = jnp.take_along_axis(from_model(tr.next_obs), inv[..., None], axis=1)
-        learned = None
-        if tr.reward is not None:
-            learned = jnp.take_along_axis(from_model(tr.reward), inv, axis=1)
+        history = jax.tree_util.tree_map(lambda h: to_model(permute(h, perm)), history)
+        tr, history = _transition(ctx, model_key, to_model(slots), to_model(act), history)
+        unpermute = lambda x: permute(from_model(x), inv)
+        next_obs = unpermute(tr.next_obs)
+        history = jax.tree_util.tree_map(unpermute, history)
+        learned = None if tr.reward is None else unpermute(tr.reward)
         reward, done = ctx.reward_and_done(obs, act, next_obs, learned)
         ret, alive = _accumulate(ret, alive, reward, done)
-        return (next_obs, ret, alive), next_obs
+        return (next_obs, ret, alive, history), next_obs
 
+    history0 = jax.tree_util.tree_map(from_model, _initial_carry(ctx, n * pk))
     init = (
         jnp.broadcast_to(obs0, (n, num_particles, d)),
         jnp.zeros((n, num_particles), jnp.float32),
         jnp.ones((n, num_particles), bool),
+        history0,
     )
-    (_, ret, _), states = _scan(ctx, body, init)
+    (_, ret, _, _), states = _scan(ctx, body, init)
     traj = None if states is None else jnp.moveaxis(states, 0, 2)  # [N, P, H, d]
     return ret, traj
 
@@ -288,25 +314,24 @@ def _rollout_mean(ctx: _Context, obs0: jax.Array):
     d = obs0.shape[-1]
 
     def body(carry, xs):
-        obs, ret, alive = carry
+        obs, ret, alive, history = carry  # history (recurrent models): per function [k, N, ...]
         act_t, key_t = xs
-        tr = ctx.model.transition(
-            ctx.params, ctx.fns, key_t,
-            jnp.broadcast_to(obs[None], (k, n, d)),
-            jnp.broadcast_to(act_t[None], (k, n, act_dim)),
-            sample_noise=False,
+        tr, history = _transition(
+            ctx, key_t, jnp.broadcast_to(obs[None], (k, n, d)),
+            jnp.broadcast_to(act_t[None], (k, n, act_dim)), history, sample_noise=False,
         )
         next_obs = tr.next_obs.mean(axis=0)
         learned = None if tr.reward is None else tr.reward.mean(axis=0)
         reward, done = ctx.reward_and_done(obs, act_t, next_obs, learned)
         ret, alive = _accumulate(ret, alive, reward, done)
-        return (next_obs, ret, alive), next_obs
+        return (next_obs, ret, alive, history), next_obs
 
     init = (
         jnp.broadcast_to(obs0, (n, d)),
         jnp.zeros((n,), jnp.float32),
         jnp.ones((n,), bool),
+        _initial_carry(ctx, n),
     )
-    (_, ret, _), states = _scan(ctx, body, init)
+    (_, ret, _, _), states = _scan(ctx, body, init)
     traj = None if states is None else jnp.moveaxis(states, 0, 1)[:, None]  # [N, 1, H, d]
     return ret[:, None], traj
