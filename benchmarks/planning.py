@@ -116,11 +116,39 @@ def build(cfg: dict, propagation: str):
     return mpc, params, data["obs"][0]
 
 
+def profile_action(mpc, params, state, obs, top: int = 15) -> None:
+    """Traces one action with ``jax.profiler`` and prints the XLA thunks taking the most time."""
+    import collections
+    import glob
+    import gzip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        jax.block_until_ready(mpc.act(params, state, obs, jax.random.PRNGKey(123)))
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True)
+        events = json.load(gzip.open(path))["traceEvents"]
+    total = collections.Counter()
+    count = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Pjit")):
+            total[name] += event["dur"] / 1e3
+            count[name] += 1
+    busy = sum(total.values())
+    print(f"{'thunk':<40} {'ms':>8} {'share':>6} {'calls':>6}")
+    for name, ms in total.most_common(top):
+        print(f"{name[:40]:<40} {ms:8.1f} {ms / busy:6.1%} {count[name]:6d}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="pets_cartpole")
     parser.add_argument("--actions", type=int, default=8, help="timed actions")
     parser.add_argument("--propagation", default="ts_inf")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where one action's time goes (XLA thunks)")
     args = parser.parse_args(argv)
     cfg = CONFIGS[args.config]
     load_before = os.getloadavg()[0]
@@ -164,6 +192,8 @@ def main(argv=None) -> dict:
         "load_average": [load_before, os.getloadavg()[0]],
         "jax": jax.__version__,
     }
+    if args.profile:
+        profile_action(mpc, params, state, obs)
     for key, value in result.items():
         print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
     print(json.dumps(result))

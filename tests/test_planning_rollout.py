@@ -98,6 +98,21 @@ def test_ts_inf_keeps_each_particle_on_one_function():
     np.testing.assert_allclose(out.std_return, np.full(2, 4.0 * np.std([0, 1, 2])), rtol=1e-6)
 
 
+def test_batch_of_start_states_matches_separate_rollouts():
+    model = ShiftModel(num_functions=3, noise=0.1)
+    fns = model.sample_functions({}, None, 3)
+    obs0 = jnp.array([[0.0], [5.0]])
+    acts = jax.random.uniform(jax.random.PRNGKey(3), (2, 4, 3, 1))
+    key = jax.random.PRNGKey(0)
+    reward = lambda s, a, s2: -s2[..., 0] ** 2
+    out = rollout(model, {}, fns, obs0, acts, reward, None, key, "ts_inf", num_particles=6)
+    assert out.objective.shape == (2, 4) and out.particle_returns.shape == (2, 4, 6)
+    for b, k in enumerate(jax.random.split(key, 2)):
+        single = rollout(model, {}, fns, obs0[b], acts[b], reward, None, k, "ts_inf",
+                         num_particles=6)
+        np.testing.assert_allclose(out.objective[b], single.objective, rtol=1e-5)
+
+
 def test_ts1_reshuffles_particles_evenly_each_step():
     model = ShiftModel(num_functions=3)
     fns = model.sample_functions({}, None, 3)

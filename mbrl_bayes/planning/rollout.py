@@ -109,8 +109,8 @@ def rollout(
         model: a dynamics model (only ``transition`` and ``learns_reward`` are used).
         params: the model's params.
         fns: ``k`` function draws (``model.sample_functions(params, key, k)``), drawn once outside.
-        obs0: [d] start state shared by all candidates.
-        action_seqs: [N, H, a] candidate action sequences.
+        obs0: [d] start state shared by all candidates, or [B, d] for a batch of environments.
+        action_seqs: [N, H, a] candidate action sequences ([B, N, H, a] with a batch).
         reward_fn: ``fn(obs, act, next_obs) -> reward``; ``None`` uses the model's learned reward.
         termination_fn: ``fn(obs, act, next_obs) -> bool``; ``None`` never terminates.
         key: drives the aleatoric noise (and the ``ts1`` reshuffles).
@@ -120,16 +120,24 @@ def rollout(
         return_trajectory: also return the [N, P, H + 1, d] particle states.
 
     Returns:
-        A :class:`RolloutResult`.
+        A :class:`RolloutResult` (every field with a leading ``B`` axis for a batch).
     """
     k = num_draws(fns)
     check_propagation(propagation, num_particles, k)
     if reward_fn is None and not model.learns_reward:
         raise ValueError("reward_fn is None but the model does not learn the reward.")
+    obs0, action_seqs = jnp.asarray(obs0), jnp.asarray(action_seqs)
+    if obs0.ndim == 2 and action_seqs.ndim == 4 and action_seqs.shape[0] == obs0.shape[0]:
+        # A batch of start states (environments), each with its own candidates; same draws.
+        def one(o, seqs, k_):
+            return rollout(model, params, fns, o, seqs, reward_fn, termination_fn, k_,
+                           propagation, num_particles, beta, return_trajectory)
+
+        return jax.vmap(one)(obs0, action_seqs, jax.random.split(key, obs0.shape[0]))
     if obs0.ndim != 1 or action_seqs.ndim != 3:
         raise ValueError(
-            f"rollout expects obs0 [d] and action_seqs [N, H, a], got {obs0.shape} and "
-            f"{action_seqs.shape}."
+            f"rollout expects obs0 [d] and action_seqs [N, H, a] (or [B, d] and [B, N, H, a]), "
+            f"got {obs0.shape} and {action_seqs.shape}."
         )
     num_candidates, horizon, _ = action_seqs.shape
     obs0 = obs0.astype(jnp.float32)
