@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
-MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "dropout")
+MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "vlstm", "dropout")
 AGENT_NAMES = ("pets", "thompson", "random")
 OPTIMIZER_NAMES = ("cem", "icem", "mppi", "random_shooting")
 PROPAGATION_NAMES = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
@@ -19,6 +19,8 @@ class ModelConfig:
 
     ``pe``/``de``/``p``/``d``: the PETS probabilistic/deterministic (ensemble) variants;
     ``vmlp``: variational MLP (Bayesian layers, ``estimator`` reparameterization or flipout);
+    ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
+    ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
     """
 
@@ -31,6 +33,8 @@ class ModelConfig:
     dropout_rate: float = 0.05
     estimator: str = "flipout"
     prior_stddev: float = 1.0
+    lstm_size: int = 64
+    sequence_length: int = 10
 
 
 @dataclasses.dataclass

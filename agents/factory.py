@@ -25,6 +25,10 @@ def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
         )
     if cfg.name == "dropout":
         return models.MCDropoutMLP(**common, dropout_rate=cfg.dropout_rate)
+    if cfg.name == "vlstm":
+        return models.VariationalLSTM(**common, lstm_size=cfg.lstm_size,
+                                      sequence_length=cfg.sequence_length,
+                                      prior_stddev=cfg.prior_stddev)
     if cfg.name == "vmlp":
         return models.VariationalMLP(**common, estimator=cfg.estimator,
                                      prior_stddev=cfg.prior_stddev)

@@ -13,6 +13,7 @@ kept in ``cells/`` and skipped when the command is rerun.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -66,11 +67,9 @@ def collect(env_name: str, episodes: int, seed: int, episode_length: int) -> Rep
 
 
 def _model(cfg: ModelConfig, spec, hidden, sequence_length):
-    if cfg.name == "vlstm":
-        return VariationalLSTM(obs_dim=spec.obs_dim, act_dim=spec.act_dim,
-                               hidden_sizes=hidden[:2], lstm_size=64,
-                               sequence_length=sequence_length)
-    cfg = ModelConfig(**{**cfg.__dict__, "hidden_sizes": hidden})
+    # The LSTM's head is two layers: the recurrent cell is its first hidden layer.
+    hidden = hidden[:2] if cfg.name == "vlstm" else hidden
+    cfg = dataclasses.replace(cfg, hidden_sizes=hidden, sequence_length=sequence_length)
     return build_model(cfg, spec.obs_dim, spec.act_dim)
 
 

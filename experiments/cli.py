@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an agent (or resume a run)")
     train.add_argument("--env", help="task name (see `envs.names()`); default cartpole_swingup")
     train.add_argument("--agent", help="pets, thompson or random; default pets")
-    train.add_argument("--model", help="pe, de, p, d, vmlp or dropout; default pe")
+    train.add_argument("--model", help="pe, de, p, d, vmlp, vlstm or dropout; default pe")
     train.add_argument("--optimizer", help="cem, icem, mppi or random_shooting")
     train.add_argument("--propagation", help="ts1, ts_inf, mean, thompson or optimistic")
     train.add_argument("--trials", type=_positive_int, help="number of MPC trials")

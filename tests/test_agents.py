@@ -92,7 +92,8 @@ def test_pets_agent_plans_within_bounds_after_training():
 @pytest.mark.parametrize("name, cls", [("pe", models.ProbabilisticEnsemble),
                                        ("d", models.ProbabilisticEnsemble),
                                        ("vmlp", models.VariationalMLP),
-                                       ("dropout", models.MCDropoutMLP)])
+                                       ("dropout", models.MCDropoutMLP),
+                                       ("vlstm", models.VariationalLSTM)])
 def test_factory_builds_every_model(name, cls):
     model = build_model(ModelConfig(name=name, hidden_sizes=(8,)), 3, 1)
     assert isinstance(model, cls)
@@ -113,3 +114,14 @@ def test_config_json_round_trip(tmp_path):
         bad = tiny_config()
         bad.planner.optimizer = "adam"
         bad.validate()
+
+
+def test_pets_agent_with_the_recurrent_model():
+    config = tiny_config(agent="pets")
+    config.model = ModelConfig(name="vlstm", hidden_sizes=(8,), lstm_size=4, sequence_length=4)
+    agent = build_agent(config)
+    info = agent.update(random_buffer(), jax.random.PRNGKey(1))
+    assert np.isfinite(info["train_loss"])
+    agent.begin_episode(jax.random.PRNGKey(2))
+    action = agent.act(np.array([1.0, 0.0, 0.0], np.float32), jax.random.PRNGKey(3))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
