@@ -12,7 +12,7 @@ def _cartpole() -> RunConfig:
     # some start states (it cannot see past the first swing), at 25 it scores ~180 of 200.
     # Population 200 x 4 iterations keeps a 200-step trial near a minute on a 2-core CPU.
     return RunConfig(
-        env="cartpole_swingup", trials=5, seed_steps=200,
+        env="cartpole_swingup", trials=4, seed_steps=200,
         model=ModelConfig(hidden_sizes=(200, 200, 200), ensemble_size=5),
         train=TrainConfig(batch_size=32, max_epochs=50, patience=5),
         planner=PlannerConfig(horizon=25, population=200, elites=20, iterations=4,
