@@ -61,7 +61,8 @@ class MCDropoutMLP(GaussianDynamics):
 
     def _apply_net(self, net: list, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
         del key
-        return apply_stacked_mlp(net, x, self.activation, masks=fns["masks"])
+        split = self.target_dim if self.probabilistic else None
+        return apply_stacked_mlp(net, x, self.activation, masks=fns["masks"], split=split)
 
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         return {"masks": self._masks(key, k, 1)}

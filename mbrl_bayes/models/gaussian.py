@@ -113,8 +113,9 @@ class GaussianDynamics(abc.ABC):
         """Initial network params for standardized inputs ``x`` [n, in_dim]."""
 
     @abc.abstractmethod
-    def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
-        """Raw outputs [k, m, out_size] of draw ``i`` on standardized inputs ``x[i]`` [k, m, in]."""
+    def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> Any:
+        """Raw outputs [k, m, out_size] of draw ``i`` on standardized inputs ``x[i]`` [k, m, in]
+        (or, for a probabilistic head, the tuple ``(mean, raw_logvar)``, each [k, m, t])."""
 
     @abc.abstractmethod
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
@@ -220,7 +221,7 @@ class GaussianDynamics(abc.ABC):
         out = self._apply_net(params["net"], fns, key, x)
         if not self.probabilistic:
             return out, None
-        mean, raw_logvar = jnp.split(out, 2, axis=-1)
+        mean, raw_logvar = out if isinstance(out, tuple) else jnp.split(out, 2, axis=-1)
         return mean, self._bounded_logvar(params, raw_logvar)
 
     def gaussian_nll(
