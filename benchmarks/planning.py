@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mbrl_bayes.compile import jit  # noqa: E402
 from mbrl_bayes.models import ProbabilisticEnsemble  # noqa: E402
 from mbrl_bayes.planning import CEM, MPC  # noqa: E402
 
@@ -82,13 +83,13 @@ def measure_peak(cfg: dict, repeats: int = 10, square: bool = True) -> dict:
     return out
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(jit, static_argnums=2)
 def _matmul_chain(x: jax.Array, w: jax.Array, steps: int) -> jax.Array:
     body = lambda _, y: jnp.einsum("kmi,kio->kmo", y, w)
     return jax.lax.fori_loop(0, steps, body, x)
 
 
-_matmul = jax.jit(lambda a, b: a @ b)
+_matmul = jit(lambda a, b: a @ b)
 
 
 def reward_fn(obs, act, next_obs):
@@ -116,7 +117,7 @@ def build(cfg: dict, propagation: str):
     return mpc, params, data["obs"][0]
 
 
-def profile_action(mpc, params, state, obs, top: int = 15) -> None:
+def profile_action(mpc, params, state, obs, top: int = 40) -> None:
     """Traces one action with ``jax.profiler`` and prints the XLA thunks taking the most time."""
     import collections
     import glob
@@ -189,6 +190,7 @@ def main(argv=None) -> dict:
         "square_matmul_gflops": square,
         "floor_seconds": floor,
         "ratio_to_floor": seconds / floor,
+        "ratio_to_square_matmul_floor": seconds / (flops / square / 1e9),
         "load_average": [load_before, os.getloadavg()[0]],
         "jax": jax.__version__,
     }

@@ -180,9 +180,9 @@ def test_ensemble_step_is_one_batched_matmul_per_layer():
     obs, act = jnp.zeros((5, 1400, 4)), jnp.zeros((5, 1400, 1))
     jaxpr = jax.make_jaxpr(model.step)(params, fns, jax.random.PRNGKey(2), obs, act)
     dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
-    # 4 hidden layers + the output layer's mean and log-variance heads, each over all 5 x 1400
-    # rows at once.
-    assert len(dots) == 6
+    # 4 hidden layers + the output layer (mean and log-variance heads in one product), each over
+    # all 5 x 1400 rows at once.
+    assert len(dots) == 5
     for eqn in dots:
         (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"][1]
         assert tuple(lhs_batch) == (0,) and tuple(rhs_batch) == (0,)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbrl_bayes import sampling
 from mbrl_bayes.models.base import Batch, Functions, Params, Transition
 from mbrl_bayes.models.normalization import Normalizer
 
@@ -277,7 +278,7 @@ class GaussianDynamics(abc.ABC):
         """The step's ``Transition`` from the standardized target mean/log-variance [k, m, t]."""
         out = mean
         if sample_noise and logvar is not None:
-            noise = jax.random.normal(key, mean.shape, mean.dtype)
+            noise = sampling.normal(key, mean.shape, mean.dtype)
             out = mean + jnp.exp(0.5 * logvar) * noise
         out = params["stats"]["target"].denormalize(out)
         next_obs = obs + out[..., : self.obs_dim]

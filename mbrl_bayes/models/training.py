@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mbrl_bayes.compile import jit
 from mbrl_bayes.models.base import Params
 from mbrl_bayes.models.gaussian import check_finite
 from mbrl_bayes.models.recurrent import sequence_windows
@@ -86,8 +87,8 @@ class _Steps:
         def evaluate(params, key, batch):
             return model.evaluate(params, key, batch)
 
-        self.update = jax.jit(update, donate_argnums=(0, 1))
-        self.evaluate = jax.jit(evaluate)
+        self.update = jit(update, donate_argnums=(0, 1))
+        self.evaluate = jit(evaluate)
         self.optimizer = optimizer
 
     @classmethod

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mbrl_bayes.compile import jit
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
 from mbrl_bayes.planning.optimizers import TrajectoryOptimizer
 from mbrl_bayes.planning.rollout import (
@@ -110,15 +111,15 @@ class MPC:
         self.num_devices = len(devices)
         self._mesh = Mesh(np.asarray(devices), ("candidates",)) if len(devices) > 1 else None
 
-        self._reset_one = jax.jit(self._reset_impl)
-        self._reset_many = jax.jit(jax.vmap(self._reset_impl, in_axes=(None, 0)))
-        self._plan_one = jax.jit(self._plan_impl)
-        self._plan_many = jax.jit(jax.vmap(self._plan_impl, in_axes=(None, 0, 0, 0)))
-        self._act_one = jax.jit(lambda *a: _first_action(self._plan_impl(*a)))
-        self._act_many = jax.jit(
+        self._reset_one = jit(self._reset_impl)
+        self._reset_many = jit(jax.vmap(self._reset_impl, in_axes=(None, 0)))
+        self._plan_one = jit(self._plan_impl)
+        self._plan_many = jit(jax.vmap(self._plan_impl, in_axes=(None, 0, 0, 0)))
+        self._act_one = jit(lambda *a: _first_action(self._plan_impl(*a)))
+        self._act_many = jit(
             lambda *a: _first_action(jax.vmap(self._plan_impl, in_axes=(None, 0, 0, 0))(*a))
         )
-        self._evaluate = jax.jit(self._evaluate_impl, static_argnums=(5,))
+        self._evaluate = jit(self._evaluate_impl, static_argnums=(5,))
 
     # ------------------------------------------------------------------ public API
     def reset(self, params: Params, key: jax.Array, batch_size: Optional[int] = None) -> MPCState:
