@@ -45,8 +45,9 @@ def _is_default_threefry(key: jax.Array) -> bool:
     if not jax.config.jax_threefry_partitionable:
         return False
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return str(jax.random.key_impl(key)) in ("threefry2x32", "fry")
-    return key.shape == (2,) and key.dtype == jnp.uint32 and jax.config.jax_default_prng_impl == "threefry2x32"
+        return str(jax.random.key_impl(key)) == "threefry2x32"
+    default_impl = jax.config.jax_default_prng_impl == "threefry2x32"
+    return default_impl and key.shape == (2,) and key.dtype == jnp.uint32
 
 
 def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
