@@ -69,7 +69,8 @@ class ModelBasedAgent:
 
     def update(self, buffer: Any, key: jax.Array) -> Dict[str, float]:
         """Trains the model on ``buffer`` (from its current params); returns the last epoch's
-        ``train_loss``/``holdout_mse``/``holdout_nll``, ``epochs`` and ``seconds``."""
+        ``train_loss``, the holdout ``holdout_mse``/``holdout_nll`` of the params it keeps (each
+        member's best epoch), ``epochs`` and ``seconds``."""
         init_key, train_key = jax.random.split(key)
         if self.params is None:
             self.init_params(init_key)
@@ -78,9 +79,8 @@ class ModelBasedAgent:
                                      **self.train_kwargs)
         return {
             "train_loss": history["train_loss"][-1],
-            "holdout_mse": history["holdout_mse"][history["best_epoch"][0] - 1]
-            if history["best_epoch"][0] > 0 else history["holdout_mse"][-1],
-            "holdout_nll": history["holdout_nll"][-1],
+            "holdout_mse": history["final_holdout_mse"][0],
+            "holdout_nll": history["final_holdout_nll"][0],
             "epochs": len(history["epoch"]),
             "seconds": time.perf_counter() - start,
         }

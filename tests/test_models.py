@@ -235,3 +235,17 @@ def test_bad_input_is_reported_clearly():
         ProbabilisticEnsemble(obs_dim=3, act_dim=1, ensemble_size=2, num_elites=3)
     with pytest.raises(ValueError, match="dropout_rate"):
         MCDropoutMLP(obs_dim=3, act_dim=1, dropout_rate=1.5)
+
+
+def test_history_reports_the_holdout_error_of_the_returned_params():
+    data = pendulum_data(300, seed=2)
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=1,
+                                  probabilistic=False)
+    # A learning rate this high makes the holdout error jump around, so the best epoch is
+    # usually not the last one.
+    params, history = fit(model, data, max_epochs=12, patience=12, learning_rate=0.1)
+    best = history["best_epoch"][0]
+    # One deterministic member: the returned params are exactly those of its best epoch.
+    np.testing.assert_allclose(history["final_holdout_mse"][0],
+                               history["holdout_mse"][best - 1], rtol=1e-5)
+    assert best < len(history["epoch"])  # not simply the last epoch's error

@@ -134,7 +134,8 @@ def train(
 
     ``history`` maps ``epoch``, ``train_loss``, ``train_mse``, ``holdout_mse``, ``holdout_nll``,
     ``holdout_score`` and ``seconds`` to per-epoch lists (standardized target units), plus
-    ``best_epoch`` and ``num_train``/``num_holdout`` (one-element lists).
+    one-element lists ``best_epoch``, ``num_train``/``num_holdout`` and
+    ``final_holdout_mse``/``final_holdout_nll`` (the returned params on the holdout).
     """
     if batch_size <= 0 or max_epochs <= 0 or patience <= 0:
         raise ValueError("batch_size, max_epochs and patience must be positive.")
@@ -233,6 +234,11 @@ def train(
             break
 
     params = {**best_trainable, "stats": stats}
+    # The returned params mix each member's best epoch, so evaluate them as returned.
+    key, eval_key = jax.random.split(key)
+    final = steps.evaluate(params, eval_key, holdout_jax)
+    history["final_holdout_mse"] = [float(final["mse"])]
+    history["final_holdout_nll"] = [float(final["nll"])]
     if hasattr(model, "with_elites"):
         params = model.with_elites(params, jnp.asarray(best))
     history["best_epoch"] = [best_epoch]
