@@ -13,7 +13,7 @@ key implementation or setting it *is* ``jax.random.normal``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +41,16 @@ def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array):
     return x1, x2
 
 
-def _is_default_threefry(key: jax.Array) -> bool:
+def _threefry_key_data(key: jax.Array) -> Optional[jax.Array]:
+    """The uint32[2] data of a default threefry2x32 key (the layout ``normal`` reproduces), else
+    None."""
     if not jax.config.jax_threefry_partitionable:
-        return False
+        return None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return str(jax.random.key_impl(key)) == "threefry2x32"
+        is_threefry = str(jax.random.key_impl(key)) == "threefry2x32"
+        return jax.random.key_data(key) if is_threefry else None
     default_impl = jax.config.jax_default_prng_impl == "threefry2x32"
-    return default_impl and key.shape == (2,) and key.dtype == jnp.uint32
+    return key if default_impl and key.shape == (2,) and key.dtype == jnp.uint32 else None
 
 
 def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
@@ -55,9 +58,9 @@ def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array
     dtype)`` (see the module docstring)."""
     shape = tuple(int(s) for s in shape)
     size = int(np.prod(shape))
-    if dtype != jnp.float32 or not _is_default_threefry(key) or size >= 2**32:
+    data = _threefry_key_data(key)
+    if dtype != jnp.float32 or data is None or size >= 2**32:
         return jax.random.normal(key, shape, dtype)
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     # JAX's partitionable layout: the counter of element i is the 64-bit i as (hi, lo) = (0, i);
     # the two output words are xor-ed into one 32-bit value.
     counter = lax.iota(jnp.uint32, size).reshape(shape)

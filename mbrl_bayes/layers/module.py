@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbrl_bayes import sampling
 from mbrl_bayes.layers import collection
 from mbrl_bayes.layers.initializers import Initializer, TrainableInitializer
 from mbrl_bayes.layers.modes import is_posterior_mean
@@ -94,7 +95,7 @@ def _flat_random(sampler, key: jax.Array, shape: Sequence[int], dtype: jnp.dtype
 
 def standard_normal(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
     """Independent ``N(0, 1)`` draws of ``shape``."""
-    return _flat_random(jax.random.normal, key, shape, dtype)
+    return _flat_random(sampling.normal, key, shape, dtype)
 
 
 def rademacher(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
