@@ -57,6 +57,8 @@ def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array
     """Standard normal samples of ``shape``, identical to ``jax.random.normal(key, shape,
     dtype)`` (see the module docstring)."""
     shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"normal: shape must have non-negative sizes, got {shape}.")
     size = int(np.prod(shape))
     data = _threefry_key_data(key)
     if dtype != jnp.float32 or data is None or size >= 2**32:

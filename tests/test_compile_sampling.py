@@ -37,6 +37,11 @@ def test_threefry_matches_the_published_known_answer():
     assert (int(y1), int(y2)) == (0xC4923A9C, 0x483DF7A0)
 
 
+def test_normal_rejects_negative_sizes():
+    with pytest.raises(ValueError, match="non-negative"):
+        sampling.normal(jax.random.PRNGKey(0), (2, -3))
+
+
 def test_normal_moments():
     z = np.asarray(sampling.normal(jax.random.PRNGKey(5), (200_000,)))
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01
