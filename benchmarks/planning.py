@@ -8,9 +8,12 @@ with ``mbrl_bayes.planning.MPC`` + ``CEM`` (TS-inf by default), compiles once, t
 actions (``block_until_ready``). Model FLOPs are counted analytically: ``2 * in * out`` per dense
 layer per row, rows = population * particles, times horizon * iterations. The peak is measured
 here: a jitted chain of batched matmuls shaped like the model's hidden layer ([E, rows / E, 200] x
-[E, 200, 200]), timed alternately with the actions, and a large square matmul. ``floor_seconds``
-is the model FLOPs at that peak; ``ratio_to_floor`` = seconds_per_action / floor_seconds. The
-last line printed is one JSON object.
+[E, 200, 200]), timed alternately with the actions, and a large square matmul (2048 on CPUs,
+8192 on GPUs). ``floor_seconds`` is the model FLOPs at the batched peak; ``ratio_to_floor`` =
+seconds_per_action / floor_seconds. Float32 matmuls run at JAX's default precision (TF32 on
+NVIDIA GPUs; ``--matmul-precision highest`` for full float32). ``--unroll`` sets how far the
+rollout's horizon loop is unrolled (``0``: all of it; default: the library's choice for the
+platform). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -59,14 +62,19 @@ def _time(fn, *args, repeats: int) -> float:
     return best
 
 
-def measure_peak(cfg: dict, repeats: int = 10, square: bool = True) -> dict:
+def _square_size() -> int:
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def measure_peak(cfg: dict, repeats: int = 10, square: bool = True,
+                 square_repeats: int = 5) -> dict:
     """Matrix-multiply GFLOP/s of this machine.
 
     ``batched_gflops``: a jitted chain of batched matmuls shaped like the model's hidden layer
     ([E, rows / E, h] x [E, h, h], rows = population * particles), as many as one action has
     hidden layers (3 * horizon * iterations for 4 x 200 nets), each feeding the next as in a
     rollout; it runs about as long as an action, so load from other processes hits both alike.
-    With ``square``, also ``square_gflops`` of one 2048 x 2048 matmul.
+    With ``square``, also ``square_gflops`` of one n x n matmul (n = 2048 on CPUs, 8192 else).
     """
     e, h = cfg["ensemble_size"], cfg["hidden"][0]
     rows = cfg["population"] * cfg["particles"] // e
@@ -77,9 +85,9 @@ def measure_peak(cfg: dict, repeats: int = 10, square: bool = True) -> dict:
     t_chain = _time(_matmul_chain, x, w, steps, repeats=repeats)
     out = {"batched_gflops": 2.0 * e * rows * h * h * steps / t_chain / 1e9}
     if square:
-        n = 2048
+        n = _square_size()
         a = jax.random.normal(key, (n, n), jnp.float32)
-        out["square_gflops"] = 2.0 * n**3 / _time(_matmul, a, a, repeats=repeats) / 1e9
+        out["square_gflops"] = 2.0 * n**3 / _time(_matmul, a, a, repeats=square_repeats) / 1e9
     return out
 
 
@@ -97,7 +105,7 @@ def reward_fn(obs, act, next_obs):
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
 
 
-def build(cfg: dict, propagation: str):
+def build(cfg: dict, propagation: str, unroll=None):
     model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
                                   hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"])
     rng = np.random.default_rng(0)
@@ -113,7 +121,7 @@ def build(cfg: dict, propagation: str):
                     num_iterations=cfg["iterations"])
     mpc = MPC(model, optimizer, reward_fn, None, horizon=cfg["horizon"],
               num_particles=cfg["particles"], propagation=propagation,
-              action_low=-1.0, action_high=1.0)
+              action_low=-1.0, action_high=1.0, unroll=unroll)
     return mpc, params, data["obs"][0]
 
 
@@ -148,13 +156,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="pets_cartpole")
     parser.add_argument("--actions", type=int, default=8, help="timed actions")
     parser.add_argument("--propagation", default="ts_inf")
+    parser.add_argument("--unroll", type=int, default=None,
+                        help="horizon steps per loop trip (0: the whole horizon); "
+                             "default: mbrl_bayes.compile.scan_unroll()")
+    parser.add_argument("--matmul-precision", default=None,
+                        choices=["default", "high", "highest", "tensorfloat32", "float32"],
+                        help="jax.default_matmul_precision for the actions and the peak")
     parser.add_argument("--profile", action="store_true",
                         help="also print where one action's time goes (XLA thunks)")
     args = parser.parse_args(argv)
+    if args.unroll is not None and args.unroll < 0:
+        parser.error(f"--unroll must be >= 0, got {args.unroll}")
+    if args.matmul_precision is None:
+        return _run(args)
+    with jax.default_matmul_precision(args.matmul_precision):
+        return _run(args)
+
+
+def _run(args) -> dict:
     cfg = CONFIGS[args.config]
     load_before = os.getloadavg()[0]
-
-    mpc, params, obs = build(cfg, args.propagation)
+    unroll = None if args.unroll is None else (True if args.unroll == 0 else args.unroll)
+    mpc, params, obs = build(cfg, args.propagation, unroll)
     state = mpc.reset(params, jax.random.PRNGKey(0))
     start = time.perf_counter()
     action, state = mpc.act(params, state, obs, jax.random.PRNGKey(1))
@@ -171,7 +194,7 @@ def main(argv=None) -> dict:
         times.append(time.perf_counter() - start)
         peaks.append(measure_peak(cfg, repeats=1, square=False)["batched_gflops"])
     peak = max(peaks)
-    square = measure_peak(cfg, repeats=1)["square_gflops"]
+    square = measure_peak(cfg, repeats=1, square_repeats=5)["square_gflops"]
     seconds = float(np.min(times))
     flops = model_flops_per_action(cfg)
     floor = flops / peak / 1e9
@@ -179,6 +202,8 @@ def main(argv=None) -> dict:
     result = {
         "config": args.config,
         "propagation": args.propagation,
+        "unroll": mpc.unroll,
+        "matmul_precision": args.matmul_precision or "default",
         "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}"
                   f" ({platform.machine()}, {os.cpu_count()} cpus)",
         "seconds_per_action": seconds,

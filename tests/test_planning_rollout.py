@@ -113,6 +113,20 @@ def test_batch_of_start_states_matches_separate_rollouts():
         np.testing.assert_allclose(out.objective[b], single.objective, rtol=1e-5)
 
 
+@pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean"])
+def test_unrolled_horizon_gives_the_same_rollout(propagation):
+    model = ShiftModel(num_functions=3, noise=0.3)
+    fns = model.sample_functions({}, None, 3)
+    acts = jax.random.uniform(jax.random.PRNGKey(4), (5, 7, 1), minval=-1, maxval=1)
+    reward = lambda s, a, s2: -s2[..., 0] ** 2 - a[..., 0] ** 2
+    outs = [rollout(model, {}, fns, jnp.ones(1), acts, reward, None, jax.random.PRNGKey(2),
+                    propagation, num_particles=6, return_trajectory=True, unroll=unroll)
+            for unroll in (1, 3, True)]
+    for out in outs[1:]:
+        np.testing.assert_allclose(out.particle_returns, outs[0].particle_returns, rtol=1e-6)
+        np.testing.assert_allclose(out.trajectory, outs[0].trajectory, rtol=1e-6)
+
+
 def test_ts1_reshuffles_particles_evenly_each_step():
     model = ShiftModel(num_functions=3)
     fns = model.sample_functions({}, None, 3)

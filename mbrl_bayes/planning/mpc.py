@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mbrl_bayes.compile import jit
+from mbrl_bayes.compile import jit, scan_unroll
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
 from mbrl_bayes.planning.optimizers import TrajectoryOptimizer
 from mbrl_bayes.planning.rollout import (
@@ -67,6 +67,9 @@ class MPC:
         num_functions: function draws per action (not ``thompson``); default the model's
             ``num_functions`` or, for models with unlimited draws, ``num_particles``.
         devices: devices to shard candidates over; default all visible devices.
+        unroll: time steps per iteration of the rollout's horizon loop (``True``: all of them);
+            default :func:`mbrl_bayes.compile.scan_unroll` for the devices' platform (rolled on
+            CPUs, the whole horizon on GPUs). Plans are the same either way.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class MPC:
         beta: float = 1.0,
         num_functions: Optional[int] = None,
         devices: Optional[Sequence[jax.Device]] = None,
+        unroll: Optional[int | bool] = None,
     ):
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -108,6 +112,12 @@ class MPC:
         # Validates the bounds once, at the boundary.
         self._plan0 = optimizer.init(self.horizon, model.act_dim, action_low, action_high)
         devices = list(jax.devices() if devices is None else devices)
+        if unroll is None:
+            unroll = scan_unroll(devices[0].platform)
+        valid_int = isinstance(unroll, (int, np.integer)) and not isinstance(unroll, bool)
+        if not (unroll is True or (valid_int and unroll >= 1)):
+            raise ValueError(f"unroll must be True or an int >= 1, got {unroll!r}.")
+        self.unroll = unroll if unroll is True else int(unroll)
         self.num_devices = len(devices)
         self._mesh = Mesh(np.asarray(devices), ("candidates",)) if len(devices) > 1 else None
 
@@ -204,7 +214,7 @@ class MPC:
         return rollout(
             self.model, params, fns, obs, self._shard(action_seqs), self.reward_fn,
             self.termination_fn, key, self.propagation, self.num_particles, self.beta,
-            return_trajectory,
+            return_trajectory, self.unroll,
         )
 
     def _plan_impl(self, params: Params, state: MPCState, obs: jax.Array, key: jax.Array):

@@ -102,6 +102,7 @@ def rollout(
     num_particles: int = 20,
     beta: float = 1.0,
     return_trajectory: bool = False,
+    unroll: int | bool = 1,
 ) -> RolloutResult:
     """Rolls ``N`` candidate action sequences out from ``obs0`` through the model.
 
@@ -118,6 +119,9 @@ def rollout(
         num_particles: ``P``, particles per candidate (ignored by ``mean``).
         beta: optimism weight of ``optimistic``.
         return_trajectory: also return the [N, P, H + 1, d] particle states.
+        unroll: time steps per iteration of the horizon's ``lax.scan`` (``True``: the whole
+            horizon in one straight-line program). Same results; on GPUs a rolled loop pays a
+            device-to-host round trip per step, on CPUs unrolling only lengthens compiles.
 
     Returns:
         A :class:`RolloutResult` (every field with a leading ``B`` axis for a batch).
@@ -131,7 +135,7 @@ def rollout(
         # A batch of start states (environments), each with its own candidates; same draws.
         def one(o, seqs, k_):
             return rollout(model, params, fns, o, seqs, reward_fn, termination_fn, k_,
-                           propagation, num_particles, beta, return_trajectory)
+                           propagation, num_particles, beta, return_trajectory, unroll)
 
         return jax.vmap(one)(obs0, action_seqs, jax.random.split(key, obs0.shape[0]))
     if obs0.ndim != 1 or action_seqs.ndim != 3:
@@ -151,7 +155,7 @@ def rollout(
 
     recurrent = callable(getattr(model, "initial_carry", None))
     ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory,
-                   recurrent)
+                   recurrent, unroll)
     if propagation == "mean":
         particle_returns, traj = _rollout_mean(ctx, obs0)
     elif propagation == "ts1":
@@ -184,6 +188,7 @@ class _Context(NamedTuple):
     k: int
     return_trajectory: bool
     recurrent: bool  # the model threads a per-row ``carry`` (history state) through steps
+    unroll: int | bool  # ``lax.scan``'s unroll over the horizon
 
 
 def _transition(ctx: _Context, key, obs, act, carry, sample_noise: bool = True):
@@ -221,7 +226,7 @@ def _scan(ctx: _Context, body, init):
         carry, out = body(carry, xs)
         return carry, (out if ctx.return_trajectory else None)
 
-    return jax.lax.scan(step, init, (ctx.acts, ctx.keys))
+    return jax.lax.scan(step, init, (ctx.acts, ctx.keys), unroll=ctx.unroll)
 
 
 def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
