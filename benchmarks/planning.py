@@ -12,8 +12,8 @@ here: a jitted chain of batched matmuls shaped like the model's hidden layer ([E
 8192 on GPUs). ``floor_seconds`` is the model FLOPs at the batched peak; ``ratio_to_floor`` =
 seconds_per_action / floor_seconds. Float32 matmuls run at JAX's default precision (TF32 on
 NVIDIA GPUs; ``--matmul-precision highest`` for full float32). ``--unroll`` sets how far the
-rollout's horizon loop is unrolled (``0``: all of it; default: the library's choice for the
-platform). The last line printed is one JSON object.
+rollout's horizon loop is unrolled (``0``: all of it; default 1, the MPC's default). The last
+line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def reward_fn(obs, act, next_obs):
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
 
 
-def build(cfg: dict, propagation: str, unroll=None):
+def build(cfg: dict, propagation: str, unroll=1):
     model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
                                   hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"])
     rng = np.random.default_rng(0)
@@ -156,16 +156,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="pets_cartpole")
     parser.add_argument("--actions", type=int, default=8, help="timed actions")
     parser.add_argument("--propagation", default="ts_inf")
-    parser.add_argument("--unroll", type=int, default=None,
-                        help="horizon steps per loop trip (0: the whole horizon); "
-                             "default: mbrl_bayes.compile.scan_unroll()")
+    parser.add_argument("--unroll", type=int, default=1,
+                        help="horizon steps per loop trip (0: the whole horizon; default 1)")
     parser.add_argument("--matmul-precision", default=None,
                         choices=["default", "high", "highest", "tensorfloat32", "float32"],
                         help="jax.default_matmul_precision for the actions and the peak")
     parser.add_argument("--profile", action="store_true",
                         help="also print where one action's time goes (XLA thunks)")
     args = parser.parse_args(argv)
-    if args.unroll is not None and args.unroll < 0:
+    if args.unroll < 0:
         parser.error(f"--unroll must be >= 0, got {args.unroll}")
     if args.matmul_precision is None:
         return _run(args)
@@ -176,7 +175,7 @@ def main(argv=None) -> dict:
 def _run(args) -> dict:
     cfg = CONFIGS[args.config]
     load_before = os.getloadavg()[0]
-    unroll = None if args.unroll is None else (True if args.unroll == 0 else args.unroll)
+    unroll = True if args.unroll == 0 else args.unroll
     mpc, params, obs = build(cfg, args.propagation, unroll)
     state = mpc.reset(params, jax.random.PRNGKey(0))
     start = time.perf_counter()

@@ -43,18 +43,6 @@ def compiler_options(backend: str | None = None) -> Dict[str, Any]:
     return {}
 
 
-def scan_unroll(backend: str | None = None) -> int | bool:
-    """How far to unroll a planner's horizon loop on ``backend`` (``lax.scan``'s ``unroll``).
-
-    CPUs: ``1`` (a rolled loop costs nothing per step there, unrolling only lengthens compiles).
-    GPUs and other accelerators: ``True``, the whole horizon as straight-line code, since each
-    trip of a rolled loop adds launch and synchronization overhead that is a large share of a
-    step of small matrix products (measured in ``benchmarks/planning.py --unroll``).
-    """
-    backend = jax.default_backend() if backend is None else backend
-    return 1 if backend == "cpu" else True
-
-
 def jit(fun: Callable, **kwargs: Any) -> Callable:
     """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` for the default backend."""
     options = {**compiler_options(), **kwargs.pop("compiler_options", {})}

@@ -58,7 +58,9 @@ class LinearModel:
         return {"id": jnp.zeros((k,))}
 
     def transition(self, params, fns, key, obs, act, sample_noise=True):
-        return Transition(obs @ self.a.T + act @ self.b.T, None)
+        # Exact float32 products: GPUs would otherwise use TF32 (10-bit mantissas).
+        dot = lambda x, m: jnp.matmul(x, m.T, precision=jax.lax.Precision.HIGHEST)
+        return Transition(dot(obs, self.a) + dot(act, self.b), None)
 
 
 class CountingModel:

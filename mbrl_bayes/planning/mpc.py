@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mbrl_bayes.compile import jit, scan_unroll
+from mbrl_bayes.compile import jit
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
 from mbrl_bayes.planning.optimizers import TrajectoryOptimizer
 from mbrl_bayes.planning.rollout import (
@@ -67,9 +67,10 @@ class MPC:
         num_functions: function draws per action (not ``thompson``); default the model's
             ``num_functions`` or, for models with unlimited draws, ``num_particles``.
         devices: devices to shard candidates over; default all visible devices.
-        unroll: time steps per iteration of the rollout's horizon loop (``True``: all of them);
-            default :func:`mbrl_bayes.compile.scan_unroll` for the devices' platform (rolled on
-            CPUs, the whole horizon on GPUs). Plans are the same either way.
+        unroll: time steps per trip of the rollout's horizon loop (``True``: all of them). Plans
+            are the same; unrolling trades compile time for a little speed on GPUs (whole
+            horizon on an H100: pets_halfcheetah 3% and pets_cartpole 11% faster per action, but
+            9-17 s instead of 2 s to compile), nothing on CPUs.
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class MPC:
         beta: float = 1.0,
         num_functions: Optional[int] = None,
         devices: Optional[Sequence[jax.Device]] = None,
-        unroll: Optional[int | bool] = None,
+        unroll: int | bool = 1,
     ):
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -112,8 +113,6 @@ class MPC:
         # Validates the bounds once, at the boundary.
         self._plan0 = optimizer.init(self.horizon, model.act_dim, action_low, action_high)
         devices = list(jax.devices() if devices is None else devices)
-        if unroll is None:
-            unroll = scan_unroll(devices[0].platform)
         valid_int = isinstance(unroll, (int, np.integer)) and not isinstance(unroll, bool)
         if not (unroll is True or (valid_int and unroll >= 1)):
             raise ValueError(f"unroll must be True or an int >= 1, got {unroll!r}.")

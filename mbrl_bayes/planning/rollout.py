@@ -119,9 +119,8 @@ def rollout(
         num_particles: ``P``, particles per candidate (ignored by ``mean``).
         beta: optimism weight of ``optimistic``.
         return_trajectory: also return the [N, P, H + 1, d] particle states.
-        unroll: time steps per iteration of the horizon's ``lax.scan`` (``True``: the whole
-            horizon in one straight-line program). Same results; on GPUs a rolled loop pays a
-            device-to-host round trip per step, on CPUs unrolling only lengthens compiles.
+        unroll: time steps per trip of the horizon's ``lax.scan`` (``True``: the whole horizon
+            as straight-line code). Same results; longer compiles for a little speed on GPUs.
 
     Returns:
         A :class:`RolloutResult` (every field with a leading ``B`` axis for a batch).
