@@ -7,8 +7,8 @@
    matmul precision (``default``, ``tensorfloat32``, ``highest``) with XLA's Triton GEMM fusion on
    and off (``xla_gpu_enable_triton_gemm``, passed per computation as ``compiler_options``):
    TFLOP/s, and the relative error of one product against float64 (tells TF32 from float32).
-2. ``benchmarks/planning.py --config pets_halfcheetah`` under the same switches (the toolkit's
-   ``mbrl_bayes.compile.compiler_options`` replaced for the run), and pets_cartpole for the best.
+2. ``benchmarks/planning.py`` for both configurations with the Triton GEMM fusion on and off
+   (the toolkit's ``mbrl_bayes.compile.compiler_options`` replaced for the run), alternately.
 
 Results go to ``DIR/variants.jsonl``; a table is printed last.
 """
@@ -77,6 +77,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--actions", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2, help="planning runs per switch")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     original = compile_.compiler_options
@@ -96,17 +98,12 @@ def main(argv=None) -> None:
 
     switches = [{}, {"xla_gpu_enable_triton_gemm": False}]
     for options in switches:
-        for precision in PRECISIONS:
+        for precision in args.precisions:
             record(chain_gemm, precision, options)
-    plans = [("default", {}), ("default", switches[1]), ("tensorfloat32", {}),
-             ("tensorfloat32", switches[1])]
-    for precision, options in plans:
-        record(planning_run, "pets_halfcheetah", precision, options, args.actions)
-    best = min((r for r in rows if r.get("what") == "planning" and "error" not in r),
-               key=lambda r: r["seconds_per_action"], default=None)
-    if best is not None:
-        record(planning_run, "pets_cartpole", best["matmul_precision"], best["options"],
-               args.actions)
+    for config in ("pets_halfcheetah", "pets_cartpole"):
+        for _ in range(args.repeats):  # alternately, so drifts hit both switches alike
+            for options in switches:
+                record(planning_run, config, "default", options, args.actions)
     compile_.compiler_options = original
 
     print("=" * 30 + " summary")

@@ -59,7 +59,8 @@ def test_compile_jit_gives_the_same_results_as_jax_jit():
     assert float(static(jnp.ones(()), 3)) == 3.0
 
 
-def test_compiler_options_only_on_cpu():
-    assert mbrl_compile.compiler_options("gpu") == {}
+def test_compiler_options_per_backend():
+    assert mbrl_compile.compiler_options("gpu") == {"xla_gpu_enable_triton_gemm": False}
+    assert mbrl_compile.compiler_options("tpu") == {}
     options = mbrl_compile.compiler_options("cpu")
     assert options in ({}, {"xla_cpu_prefer_vector_width": 512})

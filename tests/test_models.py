@@ -249,3 +249,14 @@ def test_history_reports_the_holdout_error_of_the_returned_params():
     np.testing.assert_allclose(history["final_holdout_mse"][0],
                                history["holdout_mse"][best - 1], rtol=1e-5)
     assert best < len(history["epoch"])  # not simply the last epoch's error
+
+
+def test_softplus_matches_jax_in_value_and_gradient():
+    from mbrl_bayes.models.gaussian import softplus
+
+    x = jnp.concatenate([jnp.linspace(-90.0, 90.0, 20001), jnp.array([0.0, -1e-8, 1e-8])])
+    np.testing.assert_allclose(softplus(x), jax.nn.softplus(x), rtol=1e-6, atol=1e-7)
+    grad = jax.vmap(jax.grad(softplus))(x)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-7)
+    special = softplus(jnp.array([jnp.inf, -jnp.inf, jnp.nan]))
+    assert special[0] == jnp.inf and special[1] == 0.0 and jnp.isnan(special[2])
