@@ -180,6 +180,22 @@ def test_recurrent_models_carry_their_history_through_the_horizon(propagation):
     np.testing.assert_allclose(inc, np.broadcast_to([1.0, 2.0, 3.0, 4.0], inc.shape))
 
 
+@pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean"])
+def test_recurrent_rollouts_start_from_the_given_history_state(propagation):
+    model = CountingModel()
+    fns = model.sample_functions({}, None, 2)
+    carry0 = {"count": jnp.array([[10.0], [10.0]])}  # both draws have seen 10 steps
+    out = rollout(model, {}, fns, jnp.zeros(1), jnp.zeros((3, 4, 1)), lambda s, a, s2: s2[..., 0],
+                  None, jax.random.PRNGKey(0), propagation, num_particles=4,
+                  return_trajectory=True, initial_carry=carry0)
+    inc = _increments(out.trajectory)
+    np.testing.assert_allclose(inc, np.broadcast_to([11.0, 12.0, 13.0, 14.0], inc.shape))
+    with pytest.raises(ValueError, match="initial_carry is for recurrent models"):
+        rollout(ShiftModel(), {}, ShiftModel().sample_functions({}, None, 3), jnp.zeros(1),
+                jnp.zeros((3, 4, 1)), None, None, jax.random.PRNGKey(0), num_particles=3,
+                initial_carry=carry0)
+
+
 def test_terminated_particles_stop_collecting_reward():
     model = ShiftModel(num_functions=1)
     fns = model.sample_functions({}, None, 1)

@@ -7,6 +7,7 @@ import pytest
 
 from mbrl_bayes.data import ReplayBuffer
 from mbrl_bayes.models import ProbabilisticEnsemble, VariationalLSTM, train
+from mbrl_bayes.planning import CEM, MPC
 
 DT = 0.1
 
@@ -99,3 +100,42 @@ def test_sequence_model_needs_episodes():
         train(lstm, params, oscillator_buffer(2, 10, 0), jax.random.PRNGKey(0))
     with pytest.raises(TypeError, match="ReplayBuffer"):
         train(lstm, params, oscillator_buffer(2, 60, 0).as_dict(), jax.random.PRNGKey(0))
+
+
+def test_mpc_plans_from_the_episode_history(fitted):
+    """The MPC keeps the last ``sequence_length - 1`` real steps and starts its rollouts from the
+    LSTM state they lead to: its one-step prediction then knows the hidden velocity."""
+    lstm, params, _, _, _ = fitted
+    mpc = MPC(lstm, CEM(population_size=8, num_elites=2, num_iterations=1),
+              lambda s, a, s2: -s2[..., 0] ** 2, None, horizon=2, num_particles=4,
+              propagation="mean", action_low=-1.0, action_high=1.0)
+    assert mpc.history_length == lstm.sequence_length - 1 == 7
+    rng = np.random.default_rng(3)
+    test_act = jnp.full((1, 2, 1), 0.3)
+    errors = {"history": [], "none": []}
+    for episode in range(6):
+        x, v = rng.uniform(-1, 1, size=2)
+        state = mpc.reset(params, jax.random.PRNGKey(episode))
+        seen = []
+        for t in range(10):
+            obs = np.array([x], np.float32)
+            action, state = mpc.act(params, state, obs, jax.random.PRNGKey(100 + t))
+            seen.append((x, float(action[0])))
+            v = v + (-4.0 * x + float(action[0])) * DT
+            x = x + v * DT
+        history = state.history
+        assert int(history.count) == 7
+        np.testing.assert_allclose(history.obs[:, 0], [o for o, _ in seen[-7:]], rtol=1e-6)
+        np.testing.assert_allclose(history.act[:, 0], [a for _, a in seen[-7:]], rtol=1e-6)
+        true_next = x + (v + (-4.0 * x + 0.3) * DT) * DT
+        for name, s in (("history", state), ("none", mpc.reset(params, jax.random.PRNGKey(0)))):
+            out = mpc.evaluate(params, s, np.array([x], np.float32), test_act,
+                               jax.random.PRNGKey(9), return_trajectory=True)
+            errors[name].append(abs(float(out.trajectory[0, 0, 1, 0]) - true_next))
+    assert np.mean(errors["history"]) < 0.5 * np.mean(errors["none"]), errors
+    fresh = mpc.reset(params, jax.random.PRNGKey(0))
+    assert int(fresh.history.count) == 0
+    with pytest.raises(ValueError, match="history_length is for recurrent models"):
+        MPC(ProbabilisticEnsemble(obs_dim=1, act_dim=1, ensemble_size=1), CEM(),
+            lambda s, a, s2: s2[..., 0], None, horizon=2, action_low=-1, action_high=1,
+            history_length=3)

@@ -3,7 +3,7 @@
 The planner sees a model only through :class:`~mbrl_bayes.models.base.DynamicsModel`.
 """
 
-from mbrl_bayes.planning.mpc import MPC, MPCState
+from mbrl_bayes.planning.mpc import MPC, MPCState, RecentSteps
 from mbrl_bayes.planning.noise import colored_noise
 from mbrl_bayes.planning.optimizers import (
     CEM,
@@ -26,6 +26,7 @@ __all__ = [
     "PROPAGATIONS",
     "PlanState",
     "RandomShooting",
+    "RecentSteps",
     "RolloutResult",
     "TrajectoryOptimizer",
     "colored_noise",

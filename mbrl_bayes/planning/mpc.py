@@ -12,6 +12,12 @@
 params are an argument of the jitted call, so retraining never recompiles. With several devices
 visible the candidate sequences are sharded across them (``jax.sharding``); results match one
 device for the same key.
+
+Recurrent models (``VariationalLSTM``) plan from the episode's history: the state keeps the last
+``history_length`` real steps (each ``obs`` given to ``act`` and the action it returned; by
+default ``model.sequence_length - 1``, so that history plus the first planned step is one
+training window), and every action replays them through each function draw to get the LSTM
+state the rollouts start from.
 """
 
 from __future__ import annotations
@@ -35,6 +41,20 @@ from mbrl_bayes.planning.rollout import (
 )
 
 
+class RecentSteps(NamedTuple):
+    """The last ``L`` real steps of the episode, oldest first (recurrent models only).
+
+    Attributes:
+        obs: [L, d] observations given to ``act``.
+        act: [L, a] the actions it returned.
+        count: how many of the ``L`` rows are real (the last ``count``); the rest are padding.
+    """
+
+    obs: jax.Array
+    act: jax.Array
+    count: jax.Array
+
+
 class MPCState(NamedTuple):
     """What :class:`MPC` carries between actions (leading axis ``B`` on every leaf when batched).
 
@@ -42,10 +62,13 @@ class MPCState(NamedTuple):
         plan: the optimizer's state: the warm-start plan (shifted previous plan) and bounds.
         functions: for ``thompson``, the episode's single function draw (leading axis 1);
             otherwise ``None`` (functions are drawn afresh at every action).
+        history: for recurrent models, the :class:`RecentSteps` the plan conditions on;
+            otherwise ``None``.
     """
 
     plan: Any
     functions: Optional[Functions]
+    history: Optional[RecentSteps] = None
 
 
 class MPC:
@@ -71,6 +94,8 @@ class MPC:
             are the same; unrolling trades compile time for a little speed on GPUs (whole
             horizon on an H100: pets_halfcheetah 3% and pets_cartpole 11% faster per action, but
             9-17 s instead of 2 s to compile), nothing on CPUs.
+        history_length: recurrent models only: real steps kept to condition the plan on
+            (default ``model.sequence_length - 1``; ``0``: plan from the zero state).
     """
 
     def __init__(
@@ -89,6 +114,7 @@ class MPC:
         num_functions: Optional[int] = None,
         devices: Optional[Sequence[jax.Device]] = None,
         unroll: int | bool = 1,
+        history_length: Optional[int] = None,
     ):
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -117,6 +143,16 @@ class MPC:
         if not (unroll is True or (valid_int and unroll >= 1)):
             raise ValueError(f"unroll must be True or an int >= 1, got {unroll!r}.")
         self.unroll = unroll if unroll is True else int(unroll)
+        recurrent = callable(getattr(model, "initial_carry", None))
+        if history_length is None:
+            window = int(getattr(model, "sequence_length", 1))
+            history_length = max(window - 1, 0) if recurrent else 0
+        if int(history_length) < 0:
+            raise ValueError(f"history_length must be >= 0, got {history_length}.")
+        if int(history_length) and not recurrent:
+            raise ValueError(f"history_length is for recurrent models; {type(model).__name__} "
+                             "has no history state.")
+        self.history_length = int(history_length)
         self.num_devices = len(devices)
         self._mesh = Mesh(np.asarray(devices), ("candidates",)) if len(devices) > 1 else None
 
@@ -196,7 +232,46 @@ class MPC:
         functions = None
         if self.propagation == "thompson":
             functions = self.model.sample_functions(params, key, 1)
-        return MPCState(self._plan0, functions)
+        history = None
+        if self.history_length:
+            length = self.history_length
+            history = RecentSteps(jnp.zeros((length, self.model.obs_dim), jnp.float32),
+                                  jnp.zeros((length, self.model.act_dim), jnp.float32),
+                                  jnp.zeros((), jnp.int32))
+        return MPCState(self._plan0, functions, history)
+
+    def _history_carry(self, params: Params, fns: Functions, history: Optional[RecentSteps],
+                       key: jax.Array):
+        """Each draw's LSTM state after the real steps in ``history`` (leaves [k, ...])."""
+        if history is None:
+            return None
+        k = jax.tree_util.tree_leaves(fns)[0].shape[0]
+        length = history.obs.shape[0]
+
+        def step(carry, xs):
+            obs, act, real = xs
+            tr = self.model.transition(
+                params, fns, key, jnp.broadcast_to(obs, (k, 1) + obs.shape),
+                jnp.broadcast_to(act, (k, 1) + act.shape), sample_noise=False, carry=carry,
+            )
+            return jax.tree_util.tree_map(lambda new, old: jnp.where(real, new, old),
+                                          tr.carry, carry), None
+
+        real = jnp.arange(length) >= length - history.count
+        carry0 = self.model.initial_carry(params, fns, 1)
+        carry, _ = jax.lax.scan(step, carry0, (history.obs, history.act, real))
+        return jax.tree_util.tree_map(lambda c: c[:, 0], carry)
+
+    @staticmethod
+    def _remember(history: Optional[RecentSteps], obs: jax.Array, act: jax.Array):
+        if history is None:
+            return None
+        length = history.obs.shape[0]
+        return RecentSteps(
+            jnp.concatenate([history.obs[1:], obs[None].astype(history.obs.dtype)]),
+            jnp.concatenate([history.act[1:], act[None].astype(history.act.dtype)]),
+            jnp.minimum(history.count + 1, length),
+        )
 
     def _functions(self, params: Params, state: MPCState, key: jax.Array) -> Functions:
         if self.propagation == "thompson":
@@ -209,30 +284,32 @@ class MPC:
         spec = PartitionSpec("candidates", *([None] * (action_seqs.ndim - 1)))
         return jax.lax.with_sharding_constraint(action_seqs, NamedSharding(self._mesh, spec))
 
-    def _rollout(self, params, fns, obs, action_seqs, key, return_trajectory=False):
+    def _rollout(self, params, fns, obs, action_seqs, key, carry0, return_trajectory=False):
         return rollout(
             self.model, params, fns, obs, self._shard(action_seqs), self.reward_fn,
             self.termination_fn, key, self.propagation, self.num_particles, self.beta,
-            return_trajectory, self.unroll,
+            return_trajectory, self.unroll, carry0,
         )
 
     def _plan_impl(self, params: Params, state: MPCState, obs: jax.Array, key: jax.Array):
         fn_key, opt_key = jax.random.split(key)
         fns = self._functions(params, state, fn_key)
         obs = obs.astype(jnp.float32)
+        carry0 = self._history_carry(params, fns, state.history, fn_key)
 
         def objective(action_seqs, eval_key):
-            return self._rollout(params, fns, obs, action_seqs, eval_key).objective
+            return self._rollout(params, fns, obs, action_seqs, eval_key, carry0).objective
 
         plan, plan_state, info = self.optimizer.optimize(objective, state.plan, opt_key)
-        return plan, MPCState(plan_state, state.functions), info
+        history = self._remember(state.history, obs, plan[0])
+        return plan, MPCState(plan_state, state.functions, history), info
 
     def _evaluate_impl(self, params, state, obs, action_seqs, key, return_trajectory):
         fn_key, eval_key = jax.random.split(key)
         fns = self._functions(params, state, fn_key)
-        return self._rollout(
-            params, fns, obs.astype(jnp.float32), action_seqs, eval_key, return_trajectory
-        )
+        obs = obs.astype(jnp.float32)
+        carry0 = self._history_carry(params, fns, state.history, fn_key)
+        return self._rollout(params, fns, obs, action_seqs, eval_key, carry0, return_trajectory)
 
 
 def _first_action(out):

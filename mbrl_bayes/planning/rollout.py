@@ -22,7 +22,9 @@ a ``lax.scan``. How particles meet functions is the *propagation* mode:
 
 Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
 terminating transition itself is collected. Recurrent models (with ``initial_carry``) get their
-per-row history state threaded through the horizon, starting from the zero state at ``obs0``.
+per-row history state threaded through the horizon, starting at ``obs0`` from ``initial_carry``
+(one state per function draw: the real history summarized by that draw; see
+:class:`~mbrl_bayes.planning.MPC`) or from the zero state.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def rollout(
     beta: float = 1.0,
     return_trajectory: bool = False,
     unroll: int | bool = 1,
+    initial_carry: Any = None,
 ) -> RolloutResult:
     """Rolls ``N`` candidate action sequences out from ``obs0`` through the model.
 
@@ -121,6 +124,8 @@ def rollout(
         return_trajectory: also return the [N, P, H + 1, d] particle states.
         unroll: time steps per trip of the horizon's ``lax.scan`` (``True``: the whole horizon
             as straight-line code). Same results; longer compiles for a little speed on GPUs.
+        initial_carry: recurrent models only: the history state each function draw starts from
+            at ``obs0``, leaves ``[k, ...]`` (one row of ``model.initial_carry``); ``None``: zeros.
 
     Returns:
         A :class:`RolloutResult` (every field with a leading ``B`` axis for a batch).
@@ -131,12 +136,16 @@ def rollout(
         raise ValueError("reward_fn is None but the model does not learn the reward.")
     obs0, action_seqs = jnp.asarray(obs0), jnp.asarray(action_seqs)
     if obs0.ndim == 2 and action_seqs.ndim == 4 and action_seqs.shape[0] == obs0.shape[0]:
-        # A batch of start states (environments), each with its own candidates; same draws.
-        def one(o, seqs, k_):
+        # A batch of start states (environments), each with its own candidates; same draws
+        # (an ``initial_carry`` then has a leading batch axis: one history per environment).
+        def one(o, seqs, k_, carry):
             return rollout(model, params, fns, o, seqs, reward_fn, termination_fn, k_,
-                           propagation, num_particles, beta, return_trajectory, unroll)
+                           propagation, num_particles, beta, return_trajectory, unroll, carry)
 
-        return jax.vmap(one)(obs0, action_seqs, jax.random.split(key, obs0.shape[0]))
+        keys = jax.random.split(key, obs0.shape[0])
+        if initial_carry is None:
+            return jax.vmap(lambda o, seqs, k_: one(o, seqs, k_, None))(obs0, action_seqs, keys)
+        return jax.vmap(one)(obs0, action_seqs, keys, initial_carry)
     if obs0.ndim != 1 or action_seqs.ndim != 3:
         raise ValueError(
             f"rollout expects obs0 [d] and action_seqs [N, H, a] (or [B, d] and [B, N, H, a]), "
@@ -153,8 +162,11 @@ def rollout(
         return reward, done
 
     recurrent = callable(getattr(model, "initial_carry", None))
+    if initial_carry is not None and not recurrent:
+        raise ValueError("initial_carry is for recurrent models (with initial_carry); "
+                         f"{type(model).__name__} has no history state.")
     ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory,
-                   recurrent, unroll)
+                   recurrent, unroll, initial_carry)
     if propagation == "mean":
         particle_returns, traj = _rollout_mean(ctx, obs0)
     elif propagation == "ts1":
@@ -188,6 +200,7 @@ class _Context(NamedTuple):
     return_trajectory: bool
     recurrent: bool  # the model threads a per-row ``carry`` (history state) through steps
     unroll: int | bool  # ``lax.scan``'s unroll over the horizon
+    carry0: Any  # recurrent models: per-draw history state at obs0, leaves [k, ...], or None
 
 
 def _transition(ctx: _Context, key, obs, act, carry, sample_noise: bool = True):
@@ -201,8 +214,16 @@ def _transition(ctx: _Context, key, obs, act, carry, sample_noise: bool = True):
 
 
 def _initial_carry(ctx: _Context, m: int):
-    """Zero history state, leaves [k, m, ...], for recurrent models; else None."""
-    return ctx.model.initial_carry(ctx.params, ctx.fns, m) if ctx.recurrent else None
+    """History state at ``obs0``, leaves [k, m, ...], for recurrent models (each draw's
+    ``carry0`` repeated over its ``m`` rows, or zeros); else None."""
+    if not ctx.recurrent:
+        return None
+    zeros = ctx.model.initial_carry(ctx.params, ctx.fns, m)
+    if ctx.carry0 is None:
+        return zeros
+    return jax.tree_util.tree_map(
+        lambda z, c: jnp.broadcast_to(jnp.expand_dims(c, 1), z.shape).astype(z.dtype),
+        zeros, ctx.carry0)
 
 
 def _finite(x: jax.Array) -> jax.Array:
