@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The planner's GPU numbers in one call on a GPU machine (see BENCHMARKS.md, "GPU").
-# Wheels that machine lacks (haiku, distrax, tfp, ...) are expected in ./.gpuwhl (from
-# ../shared/gpu/wheels.sh); OUT is the folder for results (default ./gpu_out).
+# The wheels that machine lacks come from ../shared/gpu/wheels.sh (into .whl/); the planner
+# needs only these, copied to .gpuwhl/ to keep the upload small (WHEELS=.whl uses them all):
+#   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm}* .gpuwhl/
+# OUT is the folder for results (default ./gpu_out).
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+WHEELS=${WHEELS:-.gpuwhl}
 S=$(mktemp -d)
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$S" .gpuwhl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$S" "$WHEELS"/*.whl \
   && export PYTHONPATH="$S:$PWD" || exit 1
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
