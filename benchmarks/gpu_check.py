@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import planning as bench  # noqa: E402
 
 from mbrl_bayes import sampling  # noqa: E402
-from mbrl_bayes.planning import MPC  # noqa: E402
 
 
 def check_sampling(lines: list) -> None:
@@ -47,10 +46,7 @@ def check_sampling(lines: list) -> None:
 
 def _objectives(cfg, device, precision, unroll, seqs, key):
     with jax.default_device(device), jax.default_matmul_precision(precision):
-        mpc, params, obs = bench.build(cfg, "ts_inf", unroll)
-        mpc = MPC(mpc.model, mpc.optimizer, mpc.reward_fn, None, horizon=cfg["horizon"],
-                  num_particles=cfg["particles"], action_low=-1.0, action_high=1.0,
-                  devices=[device], unroll=unroll)
+        mpc, params, obs = bench.build(cfg, "ts_inf", unroll, devices=[device])
         params = jax.device_put(params, device)
         state = mpc.reset(params, jax.random.PRNGKey(0))
         out = mpc.evaluate(params, state, jax.device_put(obs, device),

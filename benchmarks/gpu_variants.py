@@ -46,10 +46,8 @@ def chain_gemm(precision: str, options: dict, e=5, rows=2000, h=200, steps=150) 
 
     one = jax.jit(lambda x, w: jnp.einsum("kmi,kio->kmo", x, w, precision=precision),
                   compiler_options=options or None)
-    err = np.linalg.norm(np.asarray(one(x, w), np.float64)
-                         - np.einsum("kmi,kio->kmo", np.asarray(x, np.float64),
-                                     np.asarray(w, np.float64))) / np.linalg.norm(
-        np.einsum("kmi,kio->kmo", np.asarray(x, np.float64), np.asarray(w, np.float64)))
+    ref = np.einsum("kmi,kio->kmo", np.asarray(x, np.float64), np.asarray(w, np.float64))
+    err = np.linalg.norm(np.asarray(one(x, w), np.float64) - ref) / np.linalg.norm(ref)
     fn = jax.jit(chain, compiler_options=options or None)
     jax.block_until_ready(fn(x, w))
     times = []

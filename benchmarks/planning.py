@@ -105,7 +105,7 @@ def reward_fn(obs, act, next_obs):
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
 
 
-def build(cfg: dict, propagation: str, unroll=1):
+def build(cfg: dict, propagation: str, unroll=1, devices=None):
     model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
                                   hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"])
     rng = np.random.default_rng(0)
@@ -121,7 +121,7 @@ def build(cfg: dict, propagation: str, unroll=1):
                     num_iterations=cfg["iterations"])
     mpc = MPC(model, optimizer, reward_fn, None, horizon=cfg["horizon"],
               num_particles=cfg["particles"], propagation=propagation,
-              action_low=-1.0, action_high=1.0, unroll=unroll)
+              action_low=-1.0, action_high=1.0, unroll=unroll, devices=devices)
     return mpc, params, data["obs"][0]
 
 

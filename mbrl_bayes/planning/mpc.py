@@ -37,6 +37,7 @@ from mbrl_bayes.planning.rollout import (
     RolloutResult,
     TerminationFn,
     check_propagation,
+    is_recurrent,
     rollout,
 )
 
@@ -143,7 +144,7 @@ class MPC:
         if not (unroll is True or (valid_int and unroll >= 1)):
             raise ValueError(f"unroll must be True or an int >= 1, got {unroll!r}.")
         self.unroll = unroll if unroll is True else int(unroll)
-        recurrent = callable(getattr(model, "initial_carry", None))
+        recurrent = is_recurrent(model)
         if history_length is None:
             window = int(getattr(model, "sequence_length", 1))
             history_length = max(window - 1, 0) if recurrent else 0

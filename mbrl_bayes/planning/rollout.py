@@ -62,6 +62,11 @@ class RolloutResult(NamedTuple):
     trajectory: Optional[jax.Array]
 
 
+def is_recurrent(model: DynamicsModel) -> bool:
+    """Whether ``model`` threads a history state (it has ``initial_carry``)."""
+    return callable(getattr(model, "initial_carry", None))
+
+
 def num_draws(fns: Functions) -> int:
     """The number ``k`` of function draws in ``fns`` (the leading axis of its leaves)."""
     leaves = jax.tree_util.tree_leaves(fns)
@@ -143,9 +148,7 @@ def rollout(
                            propagation, num_particles, beta, return_trajectory, unroll, carry)
 
         keys = jax.random.split(key, obs0.shape[0])
-        if initial_carry is None:
-            return jax.vmap(lambda o, seqs, k_: one(o, seqs, k_, None))(obs0, action_seqs, keys)
-        return jax.vmap(one)(obs0, action_seqs, keys, initial_carry)
+        return jax.vmap(one)(obs0, action_seqs, keys, initial_carry)  # None maps to None
     if obs0.ndim != 1 or action_seqs.ndim != 3:
         raise ValueError(
             f"rollout expects obs0 [d] and action_seqs [N, H, a] (or [B, d] and [B, N, H, a]), "
@@ -161,7 +164,7 @@ def rollout(
         done = None if termination_fn is None else termination_fn(obs, act, next_obs)
         return reward, done
 
-    recurrent = callable(getattr(model, "initial_carry", None))
+    recurrent = is_recurrent(model)
     if initial_carry is not None and not recurrent:
         raise ValueError("initial_carry is for recurrent models (with initial_carry); "
                          f"{type(model).__name__} has no history state.")
