@@ -2,20 +2,39 @@
 # The planner's GPU numbers in one call on a GPU machine (see BENCHMARKS.md, "GPU").
 # The wheels that machine lacks come from ../shared/gpu/wheels.sh (into .whl/); the planner
 # needs only these, copied to .gpuwhl/ to keep the upload small (WHEELS=.whl uses them all):
-#   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm}* .gpuwhl/
-# OUT is the folder for results (default ./gpu_out).
+#   bash ../shared/gpu/wheels.sh pytest iniconfig pluggy packaging
+#   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm,pytest,iniconfig,pluggy,packaging}* .gpuwhl/
+# and add /.gpuwhl/ to .git/info/exclude; run with carry [".gpuwhl"].
+# MODE=fused (default): the fused Pallas/Triton MLP kernel against XLA's products
+#   (benchmarks/gpu_fused.py), then the kernel's and the planner's tests on the GPU.
+# MODE=all: also benchmarks/gpu_variants.py and benchmarks/gpu_check.py (XLA options, precision,
+#   unrolling; their results from session 3 are in docs/results/gpu_h100/).
+# OUT is the folder for results (default ./gpu_out). Checking the script on a CPU:
+#   WHEELS=none FUSED_ARGS=--smoke OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 WHEELS=${WHEELS:-.gpuwhl}
-S=$(mktemp -d)
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$S" "$WHEELS"/*.whl \
-  && export PYTHONPATH="$S:$PWD" || exit 1
+MODE=${MODE:-fused}
+FUSED_ARGS=${FUSED_ARGS:-}
+if [ "$WHEELS" != none ]; then
+  S=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$S" \
+    "$WHEELS"/*.whl && export PYTHONPATH="$S:$PWD" || exit 1
+fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
-timeout 160 python3 benchmarks/gpu_variants.py --out "$OUT" --precisions default highest \
-  > "$OUT/variants.log" 2>&1
-echo "gpu_variants rc=$?"
-timeout 230 python3 benchmarks/gpu_check.py --out "$OUT" > "$OUT/check.log" 2>&1
-echo "gpu_check rc=$?"
-sed -n '/summary/,$p' "$OUT/variants.log"
-cat "$OUT/summary.txt" 2>/dev/null || tail -n 40 "$OUT/check.log"
+timeout 330 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 180 $FUSED_ARGS > "$OUT/fused.log" 2>&1
+echo "gpu_fused rc=$?"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused_mlp.py \
+  tests/test_planning_rollout.py tests/test_planning_optimizers.py > "$OUT/tests.log" 2>&1
+echo "tests rc=$?"; tail -n 5 "$OUT/tests.log"
+if [ "$MODE" = all ]; then
+  timeout 160 python3 benchmarks/gpu_variants.py --out "$OUT" --precisions default highest \
+    > "$OUT/variants.log" 2>&1
+  echo "gpu_variants rc=$?"
+  timeout 230 python3 benchmarks/gpu_check.py --out "$OUT" > "$OUT/check.log" 2>&1
+  echo "gpu_check rc=$?"
+  sed -n '/summary/,$p' "$OUT/variants.log"
+  cat "$OUT/summary.txt" 2>/dev/null || tail -n 40 "$OUT/check.log"
+fi
+cat "$OUT/fused_summary.txt" 2>/dev/null || tail -n 40 "$OUT/fused.log"

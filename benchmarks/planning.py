@@ -12,8 +12,10 @@ here: a jitted chain of batched matmuls shaped like the model's hidden layer ([E
 8192 on GPUs). ``floor_seconds`` is the model FLOPs at the batched peak; ``ratio_to_floor`` =
 seconds_per_action / floor_seconds. Float32 matmuls run at JAX's default precision (TF32 on
 NVIDIA GPUs; ``--matmul-precision highest`` for full float32). ``--unroll`` sets how far the
-rollout's horizon loop is unrolled (``0``: all of it; default 1, the MPC's default). The last
-line printed is one JSON object.
+rollout's horizon loop is unrolled (``0``: all of it; default 1, the MPC's default).
+``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused Pallas/Triton kernel of
+``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``, ``--dot-dtype`` tune it). The
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl_bayes.compile import jit  # noqa: E402
-from mbrl_bayes.models import ProbabilisticEnsemble  # noqa: E402
+from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble  # noqa: E402
 from mbrl_bayes.planning import CEM, MPC  # noqa: E402
 
 CONFIGS = {
@@ -105,9 +107,10 @@ def reward_fn(obs, act, next_obs):
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
 
 
-def build(cfg: dict, propagation: str, unroll=1, devices=None):
+def build(cfg: dict, propagation: str, unroll=1, devices=None, fused_mlp=None):
     model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
-                                  hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"])
+                                  hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"],
+                                  fused_mlp=fused_mlp)
     rng = np.random.default_rng(0)
     n = 1000
     data = {
@@ -163,9 +166,26 @@ def main(argv=None) -> dict:
                         help="jax.default_matmul_precision for the actions and the peak")
     parser.add_argument("--profile", action="store_true",
                         help="also print where one action's time goes (XLA thunks)")
+    parser.add_argument("--mlp-kernel", choices=["xla", "pallas"], default="xla",
+                        help="the model's forward pass: XLA's products (default) or the fused "
+                             "Pallas/Triton kernel (GPUs)")
+    parser.add_argument("--block-rows", type=int, default=64, help="fused kernel: rows/program")
+    parser.add_argument("--num-warps", type=int, default=4, help="fused kernel: warps/program")
+    parser.add_argument("--dot-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="fused kernel: operand dtype of the products")
     args = parser.parse_args(argv)
     if args.unroll < 0:
         parser.error(f"--unroll must be >= 0, got {args.unroll}")
+    args.fused_mlp = None
+    if args.mlp_kernel == "pallas":
+        if jax.default_backend() != "gpu":
+            parser.error("--mlp-kernel pallas needs a GPU (elsewhere the kernel only runs in "
+                         "Pallas' slow interpreter)")
+        try:
+            args.fused_mlp = FusedMLPConfig(block_rows=args.block_rows,
+                                            num_warps=args.num_warps, dot_dtype=args.dot_dtype)
+        except ValueError as error:
+            parser.error(str(error))
     if args.matmul_precision is None:
         return _run(args)
     with jax.default_matmul_precision(args.matmul_precision):
@@ -176,7 +196,7 @@ def _run(args) -> dict:
     cfg = CONFIGS[args.config]
     load_before = os.getloadavg()[0]
     unroll = True if args.unroll == 0 else args.unroll
-    mpc, params, obs = build(cfg, args.propagation, unroll)
+    mpc, params, obs = build(cfg, args.propagation, unroll, fused_mlp=args.fused_mlp)
     state = mpc.reset(params, jax.random.PRNGKey(0))
     start = time.perf_counter()
     action, state = mpc.act(params, state, obs, jax.random.PRNGKey(1))
@@ -203,6 +223,7 @@ def _run(args) -> dict:
         "propagation": args.propagation,
         "unroll": mpc.unroll,
         "matmul_precision": args.matmul_precision or "default",
+        "mlp_kernel": args.mlp_kernel if args.fused_mlp is None else str(args.fused_mlp),
         "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}"
                   f" ({platform.machine()}, {os.cpu_count()} cpus)",
         "seconds_per_action": seconds,

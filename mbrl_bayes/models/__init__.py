@@ -3,6 +3,7 @@
 from mbrl_bayes.models.base import DynamicsModel, Transition
 from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
+from mbrl_bayes.models.fused_mlp import FusedMLPConfig
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.recurrent import VariationalLSTM
@@ -11,6 +12,7 @@ from mbrl_bayes.models.variational import VariationalMLP
 
 __all__ = [
     "DynamicsModel",
+    "FusedMLPConfig",
     "GaussianDynamics",
     "MCDropoutMLP",
     "Normalizer",

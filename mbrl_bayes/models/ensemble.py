@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.fused_mlp import FusedMLPConfig, fused_stacked_mlp, pack_stacked_mlp
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 
@@ -74,6 +75,11 @@ class ProbabilisticEnsemble(GaussianDynamics):
     replacement), once, so ``transition`` is ``len(hidden_sizes) + 1`` batched matrix products.
     Members are trained on their own bootstrap of the data (see ``train``); after training the
     ``num_elites`` members with the lowest holdout error are used for planning.
+
+    With ``fused_mlp`` (a :class:`~mbrl_bayes.models.fused_mlp.FusedMLPConfig`), the draws of
+    ``sample_functions`` carry zero-padded weights and ``transition`` runs the whole network as
+    one Pallas/Triton kernel (GPUs; ``interpret=True`` on CPUs). Training and ``evaluate`` use
+    the plain products either way (the kernel has no gradient).
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class ProbabilisticEnsemble(GaussianDynamics):
         max_logvar_init: float = 0.5,
         min_logvar_init: float = -10.0,
         logvar_bound_penalty: float = 0.01,
+        fused_mlp: Optional[FusedMLPConfig] = None,
     ):
         super().__init__(
             obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden_sizes,
@@ -106,6 +113,9 @@ class ProbabilisticEnsemble(GaussianDynamics):
                 f"num_elites must be in [1, ensemble_size={self.ensemble_size}], got {num_elites}."
             )
         self.num_elites = num_elites
+        if fused_mlp is not None and not isinstance(fused_mlp, FusedMLPConfig):
+            raise TypeError(f"fused_mlp must be a FusedMLPConfig or None, got {fused_mlp!r}.")
+        self.fused_mlp = fused_mlp
 
     @property
     def num_functions(self) -> int:
@@ -133,18 +143,25 @@ class ProbabilisticEnsemble(GaussianDynamics):
     def _apply_net(self, net: list, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
         del net, key  # the draws carry their own (gathered) weights
         split = self.target_dim if self.probabilistic else None
+        if "packed" in fns:
+            out = fused_stacked_mlp(fns["packed"], x, self.activation, self.out_size,
+                                    self.fused_mlp)
+            return out if split is None else (out[..., :split], out[..., split:])
         return apply_stacked_mlp(fns["layers"], x, self.activation, split=split)
 
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         """Weights of ``k`` members, ``{'layers': [{'w': [k, in, out], 'b': [k, out]}, ...],
         'member': [k]}``: the elites tiled if ``k`` is a multiple of ``num_elites``, else ``k``
-        elites drawn uniformly with replacement from ``key``."""
+        elites drawn uniformly with replacement from ``key``. With ``fused_mlp`` the weights
+        are packed for the kernel instead: ``{'packed': PackedMLP, 'member': [k]}``."""
         elites = params["stats"]["elites"]
         if k % self.num_elites == 0:
             members = jnp.tile(elites, k // self.num_elites)
         else:
             members = elites[jax.random.randint(key, (k,), 0, self.num_elites)]
         layers = jax.tree_util.tree_map(lambda w: w[members], params["net"])
+        if self.fused_mlp is not None:
+            return {"packed": pack_stacked_mlp(layers, self.fused_mlp), "member": members}
         return {"layers": layers, "member": members}
 
     def all_members(self, params: Params) -> Functions:
