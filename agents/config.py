@@ -22,6 +22,8 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
+    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): plan with each step's network run as
+    one Pallas/Triton kernel (``mbrl_bayes.models.FusedMLPConfig`` defaults).
     """
 
     name: str = "pe"
@@ -35,6 +37,7 @@ class ModelConfig:
     prior_stddev: float = 1.0
     lstm_size: int = 64
     sequence_length: int = 10
+    fused_kernel: bool = False
 
 
 @dataclasses.dataclass
@@ -109,6 +112,15 @@ class RunConfig:
                 raise ValueError(f"{name} must be positive, got {value}.")
         if self.planner.elites > self.planner.population:
             raise ValueError("elites must not exceed population.")
+        if self.model.fused_kernel and self.model.name not in ("pe", "de", "p", "d"):
+            raise ValueError(f"fused_kernel applies to the ensemble models (pe, de, p, d), not "
+                             f"{self.model.name!r}.")
+        if self.model.fused_kernel:
+            import jax
+
+            if jax.default_backend() != "gpu":
+                raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only "
+                                 "runs in its slow interpreter).")
         return self
 
     # ------------------------------------------------------------------ JSON

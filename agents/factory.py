@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
 from agents.config import ModelConfig, PlannerConfig, RunConfig
@@ -17,11 +19,18 @@ def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
                   learn_reward=cfg.learn_reward, activation=cfg.activation)
     if cfg.name in ("pe", "de", "p", "d"):
         ensemble = cfg.name in ("pe", "de")
+        fused = None
+        if cfg.fused_kernel:
+            if jax.default_backend() != "gpu":
+                raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only runs "
+                                 "in its slow interpreter).")
+            fused = models.FusedMLPConfig()
         return models.ProbabilisticEnsemble(
             **common,
             ensemble_size=cfg.ensemble_size if ensemble else 1,
             probabilistic=cfg.name in ("pe", "p"),
             num_elites=cfg.num_elites if ensemble else None,
+            fused_mlp=fused,
         )
     if cfg.name == "dropout":
         return models.MCDropoutMLP(**common, dropout_rate=cfg.dropout_rate)

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--population", type=_positive_int)
     train.add_argument("--particles", type=_positive_int)
     train.add_argument("--seed-steps", type=int, help="random steps before the first trial")
+    train.add_argument("--fused-kernel", action="store_true", default=None,
+                       help="plan with the fused Pallas/Triton network kernel (GPUs; pe/de/p/d)")
     train.add_argument("--config", help="a JSON RunConfig file (flags override it)")
     train.add_argument("--out", help="run folder; default runs/<env>-<agent>-<model>-s<seed>")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
@@ -80,10 +82,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume:
         overrides = [n for n in ("env", "agent", "model", "optimizer", "propagation", "seed",
-                                 "horizon", "population", "particles", "config", "out")
+                                 "horizon", "population", "particles", "config", "out",
+                                 "fused_kernel")
                      if getattr(args, n) is not None]
         if overrides:
-            raise ValueError(f"--resume continues a run as configured; drop --{overrides[0]}.")
+            flag = overrides[0].replace("_", "-")
+            raise ValueError(f"--resume continues a run as configured; drop --{flag}.")
         run = Run.resume(args.resume, trials=args.trials)
         print(f"resuming {args.resume}: {run.trials_done if run.trials_done > 0 else 0} of "
               f"{run.config.trials} trials done")
@@ -105,6 +109,8 @@ def _train(args: argparse.Namespace) -> int:
                 setattr(config, attr, getattr(args, flag))
         if args.model is not None:
             config.model.name = args.model
+        if args.fused_kernel:
+            config.model.fused_kernel = True
         for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
                            ("horizon", "horizon"), ("population", "population"),
                            ("particles", "num_particles")):

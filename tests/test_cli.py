@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -126,6 +127,9 @@ def test_evaluate_and_plot(trained_run, tmp_path, capsys):
     (["train", "--resume", "/nonexistent/run"], "is not a directory"),
     (["plot", "/nonexistent/run"], "is not a run folder"),
     (["frobnicate"], "invalid choice"),
+    (["train", "--model", "vlstm", "--fused-kernel"], "fused_kernel applies to the ensemble"),
+    pytest.param(["train", "--fused-kernel"], "fused_kernel needs a GPU",
+                 marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
