@@ -15,7 +15,8 @@
    from the XLA planner's.
 
 One JSON object per measurement in ``DIR/fused.jsonl``; a summary table is printed last (also in
-``DIR/fused_summary.txt``).
+``DIR/fused_summary.txt``); the fastest variant of each dtype as ``benchmarks/planning.py`` flags
+in ``DIR/best_<dtype>_flags.txt``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ VARIANTS = [
     (128, 4, "bfloat16", 64, False), (16, 4, "float32", 64, False),
     (64, 8, "bfloat16", 256, True), (32, 2, "bfloat16", 64, False),
 ]
+
+
+def planning_flags(cfg: FusedMLPConfig) -> str:
+    """``benchmarks/planning.py`` flags for the kernel variant ``cfg``."""
+    return (f"--mlp-kernel pallas --block-rows {cfg.block_rows} --num-warps {cfg.num_warps} "
+            f"--dot-dtype {cfg.dot_dtype} --max-chunk {cfg.max_chunk}"
+            + (" --pad-to-power-of-two" if cfg.pad_to_power_of_two else ""))
 
 
 def variant_name(cfg: FusedMLPConfig) -> str:
@@ -211,6 +219,8 @@ def main(argv=None) -> None:
         if candidates:
             _, name = min(candidates)
             planner_variants[name] = configs[name]
+            with open(os.path.join(args.out, f"best_{dtype}_flags.txt"), "w") as f:
+                f.write(planning_flags(configs[name]) + "\n")
     planner_records = []
     for config in ("pets_halfcheetah", "pets_cartpole"):
         try:

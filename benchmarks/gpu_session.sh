@@ -25,6 +25,13 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
 timeout 330 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 180 $FUSED_ARGS > "$OUT/fused.log" 2>&1
 echo "gpu_fused rc=$?"
+if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_float32_flags.txt" ]; then
+  # Per-kernel times of one fused action (CUDA graphs off, so that each kernel is traced).
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 100 python3 benchmarks/planning.py \
+    --config pets_halfcheetah --actions 2 --profile $(cat "$OUT/best_float32_flags.txt") \
+    > "$OUT/profile_fused.log" 2>&1
+  echo "profile rc=$?"; head -n 30 "$OUT/profile_fused.log"
+fi
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused_mlp.py \
   tests/test_planning_rollout.py tests/test_planning_optimizers.py > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"; tail -n 5 "$OUT/tests.log"

@@ -14,7 +14,8 @@ seconds_per_action / floor_seconds. Float32 matmuls run at JAX's default precisi
 NVIDIA GPUs; ``--matmul-precision highest`` for full float32). ``--unroll`` sets how far the
 rollout's horizon loop is unrolled (``0``: all of it; default 1, the MPC's default).
 ``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused Pallas/Triton kernel of
-``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``, ``--dot-dtype`` tune it). The
+``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``, ``--dot-dtype``,
+``--max-chunk``, ``--pad-to-power-of-two`` tune it). The
 last line printed is one JSON object.
 """
 
@@ -173,6 +174,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-warps", type=int, default=4, help="fused kernel: warps/program")
     parser.add_argument("--dot-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="fused kernel: operand dtype of the products")
+    parser.add_argument("--max-chunk", type=int, default=64,
+                        help="fused kernel: widest piece a layer width is cut into")
+    parser.add_argument("--pad-to-power-of-two", action="store_true",
+                        help="fused kernel: pad widths to powers of two (200 -> 256)")
     args = parser.parse_args(argv)
     if args.unroll < 0:
         parser.error(f"--unroll must be >= 0, got {args.unroll}")
@@ -182,8 +187,9 @@ def main(argv=None) -> dict:
             parser.error("--mlp-kernel pallas needs a GPU (elsewhere the kernel only runs in "
                          "Pallas' slow interpreter)")
         try:
-            args.fused_mlp = FusedMLPConfig(block_rows=args.block_rows,
-                                            num_warps=args.num_warps, dot_dtype=args.dot_dtype)
+            args.fused_mlp = FusedMLPConfig(
+                block_rows=args.block_rows, num_warps=args.num_warps, dot_dtype=args.dot_dtype,
+                max_chunk=args.max_chunk, pad_to_power_of_two=args.pad_to_power_of_two)
         except ValueError as error:
             parser.error(str(error))
     if args.matmul_precision is None:
