@@ -172,7 +172,8 @@ def main(argv=None) -> dict:
                              "Pallas/Triton kernel (GPUs)")
     parser.add_argument("--block-rows", type=int, default=64, help="fused kernel: rows/program")
     parser.add_argument("--num-warps", type=int, default=4, help="fused kernel: warps/program")
-    parser.add_argument("--dot-dtype", default="float32", choices=["float32", "bfloat16"],
+    parser.add_argument("--dot-dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16"],
                         help="fused kernel: operand dtype of the products")
     parser.add_argument("--max-chunk", type=int, default=64,
                         help="fused kernel: widest piece a layer width is cut into")
