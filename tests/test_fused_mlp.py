@@ -155,6 +155,19 @@ def test_fused_rollout_returns_match_the_plain_ones(ensembles):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_fused_rollout_over_a_batch_of_start_states(ensembles):
+    """A batch of environments vmaps the rollout, and with it the kernel (an extra grid axis)."""
+    plain, fused, params = ensembles
+    key = jax.random.PRNGKey(6)
+    obs0 = jax.random.normal(jax.random.PRNGKey(8), (2, 3))
+    actions = jax.random.uniform(jax.random.PRNGKey(7), (2, 4, 3, 2), minval=-1, maxval=1)
+    reward = lambda o, a, n: -jnp.sum(n**2, -1)
+    out = [rollout(m, params, m.sample_functions(params, key, 3), obs0, actions, reward, None,
+                   key, num_particles=3).objective for m in (plain, fused)]
+    assert out[1].shape == (2, 4)
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_lowers_for_triton():
     """The Pallas -> Triton lowering (block shapes, every primitive in the kernel) runs without a
     GPU: export the fused forward for the CUDA platform."""

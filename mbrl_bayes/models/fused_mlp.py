@@ -14,7 +14,9 @@ columns of the packed weights are zero, so the padded units stay at ``activation
 weights and never reach the outputs (for any activation).
 
 Forward only (no VJP): used for planning, never for training. ``interpret=True`` runs the same
-kernel with Pallas' interpreter, which is how it is tested on CPUs.
+kernel with Pallas' interpreter, which is how it is tested on CPUs. ``jax.vmap`` adds a grid axis.
+XLA's SPMD partitioner cannot split a custom kernel, so when the MPC shards candidates over
+several GPUs each one computes the whole kernel (correct, not faster): use one GPU with it.
 """
 
 from __future__ import annotations
