@@ -194,6 +194,12 @@ def test_recurrent_rollouts_start_from_the_given_history_state(propagation):
         rollout(ShiftModel(), {}, ShiftModel().sample_functions({}, None, 3), jnp.zeros(1),
                 jnp.zeros((3, 4, 1)), None, None, jax.random.PRNGKey(0), num_particles=3,
                 initial_carry=carry0)
+    for bad in ({"count": jnp.zeros((3, 1))}, {"count": jnp.zeros((2, 5, 1))},
+                {"other": jnp.zeros((2, 1))}):
+        with pytest.raises(ValueError, match="initial_carry must hold one state per function"):
+            rollout(model, {}, fns, jnp.zeros(1), jnp.zeros((3, 4, 1)),
+                    lambda s, a, s2: s2[..., 0], None, jax.random.PRNGKey(0), propagation,
+                    num_particles=4, initial_carry=bad)
 
 
 def test_terminated_particles_stop_collecting_reward():
