@@ -5,7 +5,8 @@
 
 1. **One model step** of the ``pets_halfcheetah`` network (5 draws x 2000 rows, 24 -> 4 x 200
    SiLU -> 36): a chain of 150 steps in one jitted call (each step's input is the previous
-   output, as in a rollout), XLA's products (cuBLAS, the toolkit's default) and each kernel
+   output, as in a rollout), XLA's products (cuBLAS, the toolkit's default; also with bfloat16
+   operands, for comparison) and each kernel
    variant (rows per program, warps, operand dtype): microseconds per step, compile seconds, and
    the relative error of one step against float64 on the host. Variants that fail to compile are
    recorded with their error and skipped.
@@ -91,11 +92,26 @@ def _float64_forward(layers, x) -> np.ndarray:
     return h
 
 
+def _xla_16bit_forward(layers, x, dtype):
+    """XLA's products with 16-bit operands and float32 accumulation (for comparison only)."""
+    for i, layer in enumerate(layers):
+        x = jnp.einsum("kmi,kio->kmo", x.astype(dtype), layer["w"].astype(dtype),
+                       preferred_element_type=jnp.float32) + layer["b"][:, None, :]
+        if i < len(layers) - 1:
+            x = jax.nn.silu(x)
+    return x
+
+
 def step_chain(cfg: dict, fused, steps: int, smoke: bool, repeats: int = 5) -> dict:
-    """Microseconds per model step (a chain of ``steps``), compile time and float64 error."""
+    """Microseconds per model step (a chain of ``steps``), compile time and float64 error.
+    ``fused``: a ``FusedMLPConfig``, None (XLA's float32 products) or a dtype name (XLA's
+    products with operands in that dtype)."""
     layers, x, sizes = _network(cfg, smoke)
     in_dim, out_dim = sizes[0], sizes[-1]
-    if fused is None:
+    if isinstance(fused, str):
+        params = layers
+        forward = lambda p, x: _xla_16bit_forward(p, x, jnp.dtype(fused))
+    elif fused is None:
         params = layers
         forward = lambda p, x: apply_stacked_mlp(p, x, jax.nn.silu)
     else:
@@ -194,6 +210,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     step_results = {"xla": step_chain(cfg, None, steps, args.smoke)}
     record({"part": "step", "variant": "xla", **step_results["xla"]})
+    xla_16bit = step_chain(cfg, "bfloat16", steps, args.smoke)  # for comparison, not planned
+    record({"part": "step", "variant": "xla bfloat16 operands", **xla_16bit})
     configs = {}
     for block_rows, num_warps, dtype, max_chunk, power_of_two in variants:
         fused = FusedMLPConfig(block_rows=block_rows, num_warps=num_warps, dot_dtype=dtype,
@@ -236,7 +254,7 @@ def main(argv=None) -> None:
     lines = [f"fused MLP kernel, {jax.devices()[0].device_kind}, jax {jax.__version__}",
              "", f"{'one step (halfcheetah net)':<36} {'us/step':>9} {'TFLOP/s':>8} "
              f"{'rel err':>9} {'compile s':>9}"]
-    for name, r in step_results.items():
+    for name, r in [("xla bfloat16 operands", xla_16bit)] + list(step_results.items()):
         lines.append(f"{name:<36} {r['us_per_step']:9.1f} {r['tflops']:8.1f} "
                      f"{r['rel_error']:9.2e} {r['compile_s']:9.1f}")
     lines += ["", f"{'planner':<50} {'ms/action':>9} {'median':>8} {'obj diff':>9} "

@@ -23,7 +23,7 @@ if [ "$WHEELS" != none ]; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
-timeout 330 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 180 $FUSED_ARGS > "$OUT/fused.log" 2>&1
+timeout 360 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 150 $FUSED_ARGS > "$OUT/fused.log" 2>&1
 echo "gpu_fused rc=$?"
 if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_float32_flags.txt" ]; then
   # Per-kernel times of one fused action (CUDA graphs off, so that each kernel is traced).
