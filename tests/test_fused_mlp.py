@@ -95,6 +95,23 @@ def test_compiled_kernel_on_a_gpu(dot_dtype, tolerance):
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3 per operand), float16 11
 # (2^-12 ~ 2.4e-4); three layers of 200-term sums stay within a few roundings, and are clearly
 # not exact.
+def test_one_shared_weight_set_and_mismatched_draws():
+    layers = _layers((5, 40, 8), k=1)
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 20, 5))
+    packed = pack_stacked_mlp(layers, INTERPRET)
+    out = fused_stacked_mlp(packed, x, jnp.tanh, 8, INTERPRET)
+    np.testing.assert_allclose(out, apply_stacked_mlp(layers, x, jnp.tanh), atol=2e-6, rtol=1e-5)
+    two = pack_stacked_mlp(_layers((5, 40, 8), k=2), INTERPRET)
+    with pytest.raises(ValueError, match="rows for 3 draws; the packed weights hold 2"):
+        fused_stacked_mlp(two, x, jnp.tanh, 8, INTERPRET)
+    with pytest.raises(ValueError, match="x has 6 features; the packed network takes 5"):
+        fused_stacked_mlp(packed, jnp.zeros((3, 20, 6)), jnp.tanh, 8, INTERPRET)
+    power_of_two = FusedMLPConfig(block_rows=16, pad_to_power_of_two=True, interpret=True)
+    with pytest.raises(ValueError, match="packed with another config"):
+        fused_stacked_mlp(pack_stacked_mlp(_layers((24, 40, 8)), INTERPRET),
+                          jnp.zeros((3, 20, 24)), jnp.tanh, 8, power_of_two)
+
+
 @pytest.mark.parametrize("dtype, low, high", [("bfloat16", 1e-4, 2e-2), ("float16", 1e-5, 3e-3)])
 def test_half_precision_products_stay_within_their_rounding(dtype, low, high):
     sizes = (24, 200, 200, 36)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -94,16 +94,21 @@ class FusedMLPConfig:
             )
 
 
-class PackedMLP(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["weights", "biases"],
+                   meta_fields=["in_size"])
+@dataclasses.dataclass(frozen=True)
+class PackedMLP:
     """Zero-padded stacked weights, ready for the kernel (a pytree; leading axis = draws).
 
     Attributes:
         weights: per layer ``[k, padded_width(in), padded_width(out)]`` in the dot dtype.
         biases: per layer ``[k, padded_width(out)]``, float32.
+        in_size: the unpadded input width (static).
     """
 
     weights: Tuple[jax.Array, ...]
     biases: Tuple[jax.Array, ...]
+    in_size: int
 
 
 def _width(n: int, config: FusedMLPConfig) -> int:
@@ -119,7 +124,7 @@ def pack_stacked_mlp(layers: Sequence[dict], config: FusedMLPConfig) -> PackedML
         pad_in, pad_out = _width(fan_in, config) - fan_in, _width(fan_out, config) - fan_out
         weights.append(jnp.pad(w, ((0, 0), (0, pad_in), (0, pad_out))).astype(config.dot_dtype))
         biases.append(jnp.pad(b, ((0, 0), (0, pad_out))).astype(jnp.float32))
-    return PackedMLP(tuple(weights), tuple(biases))
+    return PackedMLP(tuple(weights), tuple(biases), int(layers[0]["w"].shape[-2]))
 
 
 def _mlp_kernel(x_ref, *refs, pieces, activation, dot_dtype):
@@ -157,27 +162,32 @@ def fused_stacked_mlp(
     """Draw ``i`` of the packed MLP applied to rows ``x[i]``: [k, m, in] -> [k, m, out_size].
 
     The same function as ``apply_stacked_mlp`` on the unpacked layers (up to the products'
-    rounding), as one kernel launch over a ``(k, ceil(m / block_rows))`` grid.
+    rounding), as one kernel launch over a ``(k, ceil(m / block_rows))`` grid. Packed weights
+    with a leading axis of 1 are shared by all ``k`` draws.
     """
     from jax.experimental import pallas as pl  # imported on use: it costs ~1 s at startup
     from jax.experimental.pallas import triton as pl_triton
 
     k, m, fan_in = x.shape
+    draws = packed.weights[0].shape[0]
+    if draws not in (1, k):
+        raise ValueError(f"x has rows for {k} draws; the packed weights hold {draws}.")
+    if fan_in != packed.in_size:
+        raise ValueError(f"x has {fan_in} features; the packed network takes {packed.in_size}.")
     padded = (_width(fan_in, config),) + tuple(w.shape[-1] for w in packed.weights)
-    if packed.weights[0].shape[1] != padded[0]:
-        raise ValueError(
-            f"x has {fan_in} features ({padded[0]} padded); the packed first layer takes "
-            f"{packed.weights[0].shape[1]}."
-        )
+    if packed.weights[0].shape[1] != padded[0] or any(_width(w, config) != w for w in padded):
+        raise ValueError(f"the packed widths {padded} are not padded as this config pads them "
+                         f"(packed with another config).")
     rows = config.block_rows * math.ceil(m / config.block_rows)
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, rows - m), (0, padded[0] - fan_in)))
     pieces = tuple(chunks(w, config.max_chunk, config.pad_to_power_of_two) for w in padded)
 
     in_specs = [pl.BlockSpec((None, config.block_rows, padded[0]), lambda i, j: (i, j, 0))]
     operands = [x]
+    draw = (lambda i: i) if draws == k else (lambda i: 0)  # one weight set shared by all draws
     for w, b in zip(packed.weights, packed.biases, strict=True):
-        in_specs.append(pl.BlockSpec((None,) + w.shape[1:], lambda i, j: (i, 0, 0)))
-        in_specs.append(pl.BlockSpec((None, b.shape[1]), lambda i, j: (i, 0)))
+        in_specs.append(pl.BlockSpec((None,) + w.shape[1:], lambda i, j: (draw(i), 0, 0)))
+        in_specs.append(pl.BlockSpec((None, b.shape[1]), lambda i, j: (draw(i), 0)))
         operands += [w, b]
     kernel = functools.partial(
         _mlp_kernel, pieces=pieces, activation=activation, dot_dtype=jnp.dtype(config.dot_dtype)
