@@ -8,8 +8,9 @@ program loads ``block_rows`` input rows of one function draw, applies all layers
 registers and writes only the outputs.
 
 Triton works on tensors whose every dimension is a power of two, so each layer width is padded to
-a multiple of 16 and cut into power-of-two *chunks* of at most 64 (200 -> 208 = 64 + 64 + 64 +
-16; 36 -> 48 = 32 + 16); a layer is then a set of chunk x chunk products. The padding rows and
+a multiple of 16 and cut into power-of-two *chunks* of at most ``max_chunk`` (by default 64:
+200 -> 208 = 64 + 64 + 64 + 16; 36 -> 48 = 32 + 16); a layer is then a set of chunk x chunk
+products. The padding rows and
 columns of the packed weights are zero, so the padded units stay at ``activation(0)`` times zero
 weights and never reach the outputs (for any activation).
 
