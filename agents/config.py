@@ -50,6 +50,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 5e-5
     holdout_fraction: float = 0.1
+    early_stopping: str = "mse"
 
 
 @dataclasses.dataclass
@@ -94,6 +95,7 @@ class RunConfig:
         _check_choice("model", self.model.name, MODEL_NAMES)
         _check_choice("optimizer", self.planner.optimizer, OPTIMIZER_NAMES)
         _check_choice("propagation", self.planner.propagation, PROPAGATION_NAMES)
+        _check_choice("early_stopping", self.train.early_stopping, ("mse", "nll"))
         if self.trials <= 0:
             raise ValueError(f"trials must be a positive number, got {self.trials}.")
         if self.seed_steps < 0:

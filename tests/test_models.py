@@ -251,6 +251,33 @@ def test_history_reports_the_holdout_error_of_the_returned_params():
     assert best < len(history["epoch"])  # not simply the last epoch's error
 
 
+def test_early_stopping_on_the_holdout_nll_keeps_the_variances_calibrated():
+    """With little data the mean keeps improving long after the variance head has become
+    overconfident: stopping on the MSE returns a much worse NLL than stopping on the NLL."""
+    data = pendulum_data(80, seed=1)
+    noise = np.random.default_rng(1).standard_normal(data["next_obs"].shape)
+    data["next_obs"] = data["next_obs"] + 0.05 * noise.astype(np.float32)
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(64, 64), ensemble_size=1)
+    kwargs = dict(max_epochs=200, patience=200, improvement_threshold=0.0, learning_rate=3e-3,
+                  batch_size=16, holdout_fraction=0.25)
+    params0 = model.init(jax.random.PRNGKey(0), data["obs"][:2], data["act"][:2])
+    _, by_mse = train(model, params0, data, jax.random.PRNGKey(1), **kwargs)
+    # train() leaves its input params usable (its update step donates only its own copies).
+    _, by_nll = train(model, params0, data, jax.random.PRNGKey(1), early_stopping="nll",
+                      **kwargs)
+    # Same training run (same keys); each returns the params of its own best epoch.
+    np.testing.assert_allclose(by_nll["holdout_nll"], by_mse["holdout_nll"], rtol=1e-4)
+    np.testing.assert_allclose(by_mse["final_holdout_mse"][0], min(by_mse["holdout_mse"]),
+                               rtol=1e-4)
+    np.testing.assert_allclose(by_nll["final_holdout_nll"][0], min(by_nll["holdout_nll"]),
+                               rtol=1e-4, atol=1e-4)
+    assert by_nll["best_epoch"][0] < by_mse["best_epoch"][0] / 2
+    assert by_mse["final_holdout_nll"][0] > by_nll["final_holdout_nll"][0] + 10.0
+    assert by_mse["final_holdout_mse"][0] < by_nll["final_holdout_mse"][0]
+    with pytest.raises(ValueError, match="early_stopping must be 'mse' or 'nll'"):
+        fit(model, data, early_stopping="loss")
+
+
 def test_softplus_matches_jax_in_value_and_gradient():
     from mbrl_bayes.models.gaussian import softplus
 

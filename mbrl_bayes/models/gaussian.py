@@ -152,8 +152,10 @@ class GaussianDynamics(abc.ABC):
         """Holdout metrics of ``batch`` ([n, ...] arrays), in standardized target units.
 
         Returns ``score`` [num_members] (MSE of each member for ensembles, of the mean over draws
-        otherwise: lower is better; drives early stopping and elite selection), ``mse`` and
-        ``nll`` (scalars: mean over draws of the per-draw Gaussian NLL up to a constant).
+        otherwise: lower is better; drives early stopping and elite selection), ``nll_score``
+        [num_members] (the Gaussian NLL of each member, or the mean over draws: the score of
+        ``train(..., early_stopping='nll')``), ``mse`` and ``nll`` (scalars: mean over draws of
+        the per-draw Gaussian NLL up to a constant).
         """
         fn_key, net_key = jax.random.split(key)
         fns = self.eval_functions(params, fn_key)
@@ -163,10 +165,11 @@ class GaussianDynamics(abc.ABC):
         mean, logvar = self._standardized_prediction(params, fns, net_key, obs, act)
         nll, mse = self.gaussian_nll(params, mean, logvar, target)
         if getattr(self, "num_members", 1) > 1:
-            score = mse
+            score, nll_score = mse, nll
         else:
             score = jnp.square(mean.mean(0) - target).mean()[None]
-        return {"score": score, "mse": mse.mean(), "nll": nll.mean()}
+            nll_score = nll.mean()[None]
+        return {"score": score, "nll_score": nll_score, "mse": mse.mean(), "nll": nll.mean()}
 
     # ----------------------------------------------------------------- sizes
     @property

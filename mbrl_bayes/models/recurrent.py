@@ -188,7 +188,7 @@ class VariationalLSTM(GaussianDynamics):
 
     def evaluate(self, params: Params, key: jax.Array, batch: Batch) -> dict:
         """Holdout metrics on windows [B, L, ...]: ``score`` [1] (MSE of the mean over draws),
-        ``mse`` and ``nll`` (means over draws), standardized units."""
+        ``nll_score`` [1], ``mse`` and ``nll`` (means over draws), standardized units."""
         keys = jax.random.split(key, self.num_eval_draws)
         mean, logvar, target, _ = jax.vmap(
             lambda k: self._sequence_prediction(self._function_net.apply, params, k, batch)
@@ -198,7 +198,8 @@ class VariationalLSTM(GaussianDynamics):
                                      logvar.reshape(len(keys), -1, logvar.shape[-1]),
                                      target[0].reshape(-1, target.shape[-1]))
         score = jnp.square(mean.mean(0) - target[0]).mean()[None]
-        return {"score": score, "mse": mse.mean(), "nll": nll.mean()}
+        return {"score": score, "nll_score": nll.mean()[None], "mse": mse.mean(),
+                "nll": nll.mean()}
 
     def predict_sequence_moments(
         self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
