@@ -40,6 +40,20 @@ class ModelConfig:
     fused_kernel: bool = False
 
 
+def check_fused_kernel(model: ModelConfig) -> None:
+    """Raises a one-line ValueError if ``model.fused_kernel`` is set where it cannot run."""
+    if not model.fused_kernel:
+        return
+    if model.name not in ("pe", "de", "p", "d"):
+        raise ValueError(f"fused_kernel applies to the ensemble models (pe, de, p, d), not "
+                         f"{model.name!r}.")
+    import jax
+
+    if jax.default_backend() != "gpu":
+        raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only runs in its "
+                         "slow interpreter).")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Arguments of ``mbrl_bayes.models.train``."""
@@ -95,7 +109,9 @@ class RunConfig:
         _check_choice("model", self.model.name, MODEL_NAMES)
         _check_choice("optimizer", self.planner.optimizer, OPTIMIZER_NAMES)
         _check_choice("propagation", self.planner.propagation, PROPAGATION_NAMES)
-        _check_choice("early_stopping", self.train.early_stopping, ("mse", "nll"))
+        from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
+
+        _check_choice("early_stopping", self.train.early_stopping, tuple(EARLY_STOPPING_SCORES))
         if self.trials <= 0:
             raise ValueError(f"trials must be a positive number, got {self.trials}.")
         if self.seed_steps < 0:
@@ -114,15 +130,7 @@ class RunConfig:
                 raise ValueError(f"{name} must be positive, got {value}.")
         if self.planner.elites > self.planner.population:
             raise ValueError("elites must not exceed population.")
-        if self.model.fused_kernel and self.model.name not in ("pe", "de", "p", "d"):
-            raise ValueError(f"fused_kernel applies to the ensemble models (pe, de, p, d), not "
-                             f"{self.model.name!r}.")
-        if self.model.fused_kernel:
-            import jax
-
-            if jax.default_backend() != "gpu":
-                raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only "
-                                 "runs in its slow interpreter).")
+        check_fused_kernel(self.model)
         return self
 
     # ------------------------------------------------------------------ JSON

@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
-from agents.config import ModelConfig, PlannerConfig, RunConfig
+from agents.config import ModelConfig, PlannerConfig, RunConfig, check_fused_kernel
 from mbrl_bayes import models, planning
 
 
@@ -19,12 +17,8 @@ def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
                   learn_reward=cfg.learn_reward, activation=cfg.activation)
     if cfg.name in ("pe", "de", "p", "d"):
         ensemble = cfg.name in ("pe", "de")
-        fused = None
-        if cfg.fused_kernel:
-            if jax.default_backend() != "gpu":
-                raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only runs "
-                                 "in its slow interpreter).")
-            fused = models.FusedMLPConfig()
+        check_fused_kernel(cfg)
+        fused = models.FusedMLPConfig() if cfg.fused_kernel else None
         return models.ProbabilisticEnsemble(
             **common,
             ensemble_size=cfg.ensemble_size if ensemble else 1,

@@ -127,11 +127,7 @@ def step_chain(cfg: dict, fused, steps: int, smoke: bool, repeats: int = 5) -> d
     out = jax.block_until_ready(one(params, x))
     jax.block_until_ready(many(params, x))
     compile_s = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(many(params, x))
-        best = min(best, time.perf_counter() - start)
+    best = bench._time(many, params, x, repeats=repeats)
     ref = _float64_forward(layers, x)
     error = float(np.abs(np.asarray(out, np.float64) - ref).max() / np.abs(ref).max())
     rows = x.shape[0] * x.shape[1]
@@ -157,10 +153,10 @@ def planner_runs(config: str, variants: dict, rounds: int, actions: int, smoke: 
         start = time.perf_counter()
         mpc, params, state, obs, cfg = _planner(config, fused, smoke)
         jax.block_until_ready(mpc.act(params, state, obs, jax.random.PRNGKey(1))[0])
-        built[name] = (mpc, params, state, obs, time.perf_counter() - start, [])
+        built[name] = (mpc, params, state, obs, time.perf_counter() - start)
     times = {name: [] for name in built}
     for _ in range(rounds):
-        for name, (mpc, params, state, obs, _, _) in built.items():
+        for name, (mpc, params, state, obs, _) in built.items():
             for i in range(actions):
                 start = time.perf_counter()
                 jax.block_until_ready(mpc.act(params, state, obs, jax.random.PRNGKey(2 + i))[0])
@@ -170,10 +166,10 @@ def planner_runs(config: str, variants: dict, rounds: int, actions: int, smoke: 
     objectives = {
         name: np.asarray(mpc.evaluate(params, state, obs, seqs, jax.random.PRNGKey(3)).objective,
                          np.float64)
-        for name, (mpc, params, state, obs, _, _) in built.items()
+        for name, (mpc, params, state, obs, _) in built.items()
     }
     base = objectives["xla"]
-    for name, (_, _, _, _, compile_s, _) in built.items():
+    for name, (_, _, _, _, compile_s) in built.items():
         records.append({
             "part": "planner", "config": config, "variant": name,
             "ms_per_action": 1e3 * min(times[name]),

@@ -101,6 +101,10 @@ class _Steps:
         return cache[opt_config]
 
 
+# ``train(early_stopping=...)`` -> the ``model.evaluate`` entry it stops (and picks elites) on.
+EARLY_STOPPING_SCORES = {"mse": "score", "nll": "nll_score"}
+
+
 def train(
     model: Any,
     params: Params,
@@ -144,9 +148,9 @@ def train(
     """
     if batch_size <= 0 or max_epochs <= 0 or patience <= 0:
         raise ValueError("batch_size, max_epochs and patience must be positive.")
-    if early_stopping not in ("mse", "nll"):
+    if early_stopping not in EARLY_STOPPING_SCORES:
         raise ValueError(f"early_stopping must be 'mse' or 'nll', got {early_stopping!r}.")
-    score_name = "score" if early_stopping == "mse" else "nll_score"
+    score_name = EARLY_STOPPING_SCORES[early_stopping]
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
     data = buffer_arrays(buffer)

@@ -224,21 +224,16 @@ def _initial_carry(ctx: _Context, m: int):
     zeros = ctx.model.initial_carry(ctx.params, ctx.fns, m)
     if ctx.carry0 is None:
         return zeros
-    expected = jax.tree_util.tree_map(lambda z: (z.shape[0],) + z.shape[2:], zeros)
-    got = jax.tree_util.tree_map(jnp.shape, ctx.carry0)
-    if jax.tree_util.tree_structure(zeros) != jax.tree_util.tree_structure(ctx.carry0) or any(
-        a != b for a, b in zip(jax.tree_util.tree_leaves(expected, is_leaf=_is_shape),
-                               jax.tree_util.tree_leaves(got, is_leaf=_is_shape), strict=True)
-    ):
+    zero_leaves, zero_tree = jax.tree_util.tree_flatten(zeros)
+    carry_leaves, carry_tree = jax.tree_util.tree_flatten(ctx.carry0)
+    expected = [(z.shape[0],) + z.shape[2:] for z in zero_leaves]  # [k, m, ...] minus m
+    got = [jnp.shape(c) for c in carry_leaves]
+    if zero_tree != carry_tree or expected != got:
         raise ValueError(f"initial_carry must hold one state per function draw, shapes "
-                         f"{expected}; got {got}.")
+                         f"{zero_tree.unflatten(expected)}; got {carry_tree.unflatten(got)}.")
     return jax.tree_util.tree_map(
         lambda z, c: jnp.broadcast_to(jnp.expand_dims(c, 1), z.shape).astype(z.dtype),
         zeros, ctx.carry0)
-
-
-def _is_shape(x) -> bool:
-    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
 
 def _finite(x: jax.Array) -> jax.Array:
