@@ -2,7 +2,9 @@
 
     python benchmarks/gpu_check.py --out DIR           # on a machine with a GPU
 
-1. ``mbrl_bayes.sampling.normal`` is bit-identical to ``jax.random.normal`` on the device.
+1. ``mbrl_bayes.sampling.uniform`` is bit-identical to ``jax.random.uniform`` on the device, and
+   ``sampling.normal`` is within ``lax.erf_inv``'s error of ``jax.random.normal`` (max relative
+   difference printed).
 2. Rollout objectives of the ``pets_halfcheetah`` model (64 candidates, 20 particles, horizon 30)
    on the device at the default precision (TF32 matmuls on NVIDIA) and at ``highest``, against
    the CPU in float32 at ``highest``: relative error ``|dev - cpu| / |cpu|`` (max over candidates).
@@ -36,12 +38,16 @@ from mbrl_bayes import sampling  # noqa: E402
 
 
 def check_sampling(lines: list) -> None:
+    low = np.nextafter(np.float32(-1.0), np.float32(0.0))
     for shape in [(7,), (5, 2000, 18), (3, 1001)]:
         key = jax.random.PRNGKey(shape[-1])
+        same = bool(np.array_equal(np.asarray(sampling.uniform(key, shape)),
+                                   np.asarray(jax.random.uniform(key, shape, minval=low))))
         ours = np.asarray(sampling.normal(key, shape))
         ref = np.asarray(jax.random.normal(key, shape))
-        same = bool(np.array_equal(ours, ref))
-        lines.append(f"sampling.normal == jax.random.normal {shape}: {same}")
+        rel = float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-6)))
+        lines.append(f"sampling.uniform == jax.random.uniform {shape}: {same}; "
+                     f"normal max rel diff to jax.random.normal {rel:.1e}")
 
 
 def _objectives(cfg, device, precision, unroll, seqs, key):

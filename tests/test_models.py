@@ -287,3 +287,33 @@ def test_softplus_matches_jax_in_value_and_gradient():
     np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-7)
     special = softplus(jnp.array([jnp.inf, -jnp.inf, jnp.nan]))
     assert special[0] == jnp.inf and special[1] == 0.0 and jnp.isnan(special[2])
+
+
+@pytest.mark.parametrize("top,bottom", [(0.5, -10.0), (3.0, -2.0), (-1.0, -20.0), (40.0, -40.0),
+                                        (-1.0, 0.5)])
+def test_bounded_std_equals_the_bounded_log_variance_route(top, bottom):
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(8,), ensemble_size=2)
+    params = {"logvar_bounds": {"max": jnp.full((3,), top), "min": jnp.full((3,), bottom)}}
+    raw = jnp.linspace(-200.0, 200.0, 30000).reshape(-1, 3)
+    # float64: logvar = min + softplus(max - softplus(max - raw) - min)
+    raw64 = np.asarray(raw, np.float64)
+    inner = top - np.logaddexp(0.0, top - raw64)
+    exact = np.exp(0.5 * (bottom + np.logaddexp(0.0, inner - bottom)))
+    std = model._bounded_std(params, raw)
+    assert bool(jnp.all(jnp.isfinite(std)))
+    np.testing.assert_allclose(std, exact, rtol=1e-6)
+    via_logvar = jnp.exp(0.5 * model._bounded_logvar(params, raw))
+    np.testing.assert_allclose(std, via_logvar, rtol=2e-6 * max(1.0, abs(top), abs(bottom)) / 10)
+
+
+def test_transition_noise_has_the_predicted_variance(noisy_pe):
+    model, params = noisy_pe
+    fns = model.sample_functions(params, jax.random.PRNGKey(0), model.num_functions)
+    k, m = model.num_functions, 20000
+    obs, act = jnp.full((k, m, 1), 0.3), jnp.full((k, m, 1), -0.2)
+    step = model.transition(params, fns, jax.random.PRNGKey(1), obs, act).next_obs
+    mean = model.transition(params, fns, jax.random.PRNGKey(1), obs, act,
+                            sample_noise=False).next_obs
+    np.testing.assert_allclose(step.mean(1), mean[:, 0], atol=0.05 * NOISE_STD)
+    _, var = model.predict_moments(params, jax.random.PRNGKey(0), obs[0, :1], act[0, :1])
+    np.testing.assert_allclose(step.std(1), jnp.sqrt(var[:, 0]), rtol=0.03)

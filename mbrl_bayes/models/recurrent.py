@@ -150,11 +150,10 @@ class VariationalLSTM(GaussianDynamics):
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
         out, carry = self._step_net(params["net"], fns, x, carry)
-        mean, logvar = out, None
+        mean, raw = out, None
         if self.probabilistic:
             mean, raw = jnp.split(out, 2, axis=-1)
-            logvar = self._bounded_logvar(params, raw)
-        return self._as_transition(params, obs, mean, logvar, key, sample_noise, carry)
+        return self._as_transition(params, obs, mean, raw, key, sample_noise, carry)
 
     # ----------------------------------------------------------------- training
     def _sequence_prediction(self, net_apply, params: Params, key: jax.Array, batch: Batch):
