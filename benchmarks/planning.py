@@ -9,14 +9,15 @@ actions (``block_until_ready``). Model FLOPs are counted analytically: ``2 * in 
 layer per row, rows = population * particles, times horizon * iterations. The peak is measured
 here: a jitted chain of batched matmuls shaped like the model's hidden layer ([E, rows / E, 200] x
 [E, 200, 200]), timed alternately with the actions, and a large square matmul (2048 on CPUs,
-8192 on GPUs). ``floor_seconds`` is the model FLOPs at the batched peak; ``ratio_to_floor`` =
-seconds_per_action / floor_seconds. Float32 matmuls run at JAX's default precision (TF32 on
-NVIDIA GPUs; ``--matmul-precision highest`` for full float32). ``--unroll`` sets how far the
-rollout's horizon loop is unrolled (``0``: all of it; default 1, the MPC's default).
-``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused Pallas/Triton kernel of
-``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``, ``--dot-dtype``,
-``--max-chunk``, ``--pad-to-power-of-two`` tune it). The
-last line printed is one JSON object.
+8192 on GPUs), each compiled both with the toolkit's options and with XLA's default dot kernels
+where those differ (the faster counts). ``floor_seconds`` is the model FLOPs at the batched
+peak; ``ratio_to_floor`` = seconds_per_action / floor_seconds. Float32 matmuls run at JAX's
+default precision (TF32 on NVIDIA GPUs; ``--matmul-precision highest`` for full float32).
+``--unroll`` sets how far the rollout's horizon loop is unrolled (``0``: all of it; default 1,
+the MPC's default). ``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused
+Pallas/Triton kernel of ``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``,
+``--dot-dtype``, ``--max-chunk``, ``--pad-to-power-of-two`` tune it). The last line printed
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mbrl_bayes.compile import jit  # noqa: E402
+from mbrl_bayes.compile import CPU_DOTS_WITHOUT_YNNPACK, compiler_options, jit  # noqa: E402
 from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble  # noqa: E402
 from mbrl_bayes.planning import CEM, MPC  # noqa: E402
 
@@ -78,6 +79,8 @@ def measure_peak(cfg: dict, repeats: int = 10, square: bool = True,
     hidden layers (3 * horizon * iterations for 4 x 200 nets), each feeding the next as in a
     rollout; it runs about as long as an action, so load from other processes hits both alike.
     With ``square``, also ``square_gflops`` of one n x n matmul (n = 2048 on CPUs, 8192 else).
+    Each is timed with the toolkit's compiler options and, where those replace XLA:CPU's
+    default dot kernels, with the defaults too; the faster counts (``*_by_dots``: both).
     """
     e, h = cfg["ensemble_size"], cfg["hidden"][0]
     rows = cfg["population"] * cfg["particles"] // e
@@ -85,22 +88,41 @@ def measure_peak(cfg: dict, repeats: int = 10, square: bool = True,
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (e, rows, h), jnp.float32)
     w = jax.random.normal(key, (e, h, h), jnp.float32) / np.sqrt(h)
-    t_chain = _time(_matmul_chain, x, w, steps, repeats=repeats)
-    out = {"batched_gflops": 2.0 * e * rows * h * h * steps / t_chain / 1e9}
+    flops = 2.0 * e * rows * h * h * steps
+    by_dots = {name: flops / _time(chain, x, w, steps, repeats=repeats) / 1e9
+               for name, chain in _with_each_dots(_matmul_chain, static_argnums=2).items()}
+    out = {"batched_gflops": max(by_dots.values()), "batched_gflops_by_dots": by_dots}
     if square:
         n = _square_size()
         a = jax.random.normal(key, (n, n), jnp.float32)
-        out["square_gflops"] = 2.0 * n**3 / _time(_matmul, a, a, repeats=square_repeats) / 1e9
+        by_dots = {name: 2.0 * n**3 / _time(matmul, a, a, repeats=square_repeats) / 1e9
+                   for name, matmul in _with_each_dots(_matmul).items()}
+        out.update(square_gflops=max(by_dots.values()), square_gflops_by_dots=by_dots)
     return out
 
 
-@functools.partial(jit, static_argnums=2)
 def _matmul_chain(x: jax.Array, w: jax.Array, steps: int) -> jax.Array:
     body = lambda _, y: jnp.einsum("kmi,kio->kmo", y, w)
     return jax.lax.fori_loop(0, steps, body, x)
 
 
-_matmul = jit(lambda a, b: a @ b)
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return a @ b
+
+
+@functools.lru_cache(maxsize=None)
+def _with_each_dots(fun, **jit_kwargs) -> dict:
+    """``fun`` jitted with the toolkit's options (``mbrl_bayes.compile``) and, where those
+    replace XLA:CPU's default dot kernels, with the defaults too."""
+    compiled = {"toolkit": jit(fun, **jit_kwargs)}
+    options = compiler_options()
+    if any(k in options for k in CPU_DOTS_WITHOUT_YNNPACK):
+        default = {k: v for k, v in options.items() if k not in CPU_DOTS_WITHOUT_YNNPACK}
+        compiled["xla_default_dots"] = jax.jit(fun, compiler_options=default or None,
+                                               **jit_kwargs)
+    return compiled
+
+
 
 
 def reward_fn(obs, act, next_obs):
@@ -218,9 +240,11 @@ def _run(args) -> dict:
         action, state = mpc.act(params, state, obs, jax.random.PRNGKey(2 + i))
         jax.block_until_ready(action)
         times.append(time.perf_counter() - start)
-        peaks.append(measure_peak(cfg, repeats=1, square=False)["batched_gflops"])
-    peak = max(peaks)
-    square = measure_peak(cfg, repeats=1, square_repeats=5)["square_gflops"]
+        peaks.append(measure_peak(cfg, repeats=1, square=False)["batched_gflops_by_dots"])
+    peak_by_dots = {name: max(p[name] for p in peaks) for name in peaks[0]}
+    peak = max(peak_by_dots.values())
+    square_peak = measure_peak(cfg, repeats=1, square_repeats=5)
+    square = square_peak["square_gflops"]
     seconds = float(np.min(times))
     flops = model_flops_per_action(cfg)
     floor = flops / peak / 1e9
@@ -239,7 +263,9 @@ def _run(args) -> dict:
         "gflop_per_action": flops / 1e9,
         "achieved_gflops": flops / seconds / 1e9,
         "peak_gflops": peak,
+        "peak_gflops_by_dots": peak_by_dots,
         "square_matmul_gflops": square,
+        "square_matmul_gflops_by_dots": square_peak["square_gflops_by_dots"],
         "floor_seconds": floor,
         "ratio_to_floor": seconds / floor,
         "ratio_to_square_matmul_floor": seconds / (flops / square / 1e9),

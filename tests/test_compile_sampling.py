@@ -91,4 +91,12 @@ def test_compiler_options_per_backend():
     assert mbrl_compile.compiler_options("gpu") == {"xla_gpu_enable_triton_gemm": False}
     assert mbrl_compile.compiler_options("tpu") == {}
     options = mbrl_compile.compiler_options("cpu")
-    assert options in ({}, {"xla_cpu_prefer_vector_width": 512})
+    assert options in ({}, {"xla_cpu_prefer_vector_width": 512},
+                       {"xla_cpu_prefer_vector_width": 512,
+                        "xla_cpu_experimental_ynn_fusion_type": ""})
+
+
+def test_unknown_compiler_options_are_probed_not_passed():
+    assert mbrl_compile._cpu_accepts((("xla_cpu_prefer_vector_width", 512),))
+    assert not mbrl_compile._cpu_accepts((("xla_cpu_no_such_option", 1),))
+    assert not mbrl_compile._cpu_accepts((("xla_cpu_experimental_ynn_fusion_type", "bogus"),))
