@@ -14,8 +14,8 @@ step) run faster through XLA:CPU's own dot kernels than through the YNNPACK fusi
 uses by default; ``xla_cpu_experimental_ynn_fusion_type=""`` selects the former for the toolkit's
 jitted functions only. Measured A/B in one process (``benchmarks/planning.py``'s model, session
 5): pets_halfcheetah 1.153 -> 1.081 s per action, pets_cartpole 0.372 -> 0.340 s; training
-(``benchmarks/training.py``) 193,000 -> 206,000 and 214,000 -> 226,000 samples/s. jaxlibs that do
-not know the option get none (probed once).
+(``benchmarks/training.py``) 193,000 -> 206,000 and 214,000 -> 226,000 samples/s. Each CPU option
+is probed once (a scalar function compiled with it); a jaxlib that rejects one does without it.
 
 On GPUs, the models' small batched products (``[5, 2000, 200] x [5, 200, 200]`` per layer and
 step) run slightly faster through cuBLAS than through XLA's Triton GEMM fusions, which XLA
@@ -69,9 +69,10 @@ def compiler_options(backend: str | None = None) -> Dict[str, Any]:
     """XLA options for a hot jitted function on ``backend`` (default: JAX's default backend)."""
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu" and _cpu_has_avx512():
-        options = {"xla_cpu_prefer_vector_width": 512}
-        if _cpu_accepts(tuple(CPU_DOTS_WITHOUT_YNNPACK.items())):
-            options.update(CPU_DOTS_WITHOUT_YNNPACK)
+        options: Dict[str, Any] = {}
+        for candidate in ({"xla_cpu_prefer_vector_width": 512}, CPU_DOTS_WITHOUT_YNNPACK):
+            if _cpu_accepts(tuple(candidate.items())):
+                options.update(candidate)
         return options
     if backend == "gpu":
         return {"xla_gpu_enable_triton_gemm": False}
