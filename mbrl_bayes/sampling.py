@@ -16,7 +16,7 @@ XLA:CPU that is 2.5x faster (``log1p`` is slow there) and 20x more accurate (max
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -87,12 +87,17 @@ def erf_inv(x: jax.Array) -> jax.Array:
 _LOW = np.nextafter(np.float32(-1.0), np.float32(0.0))
 
 
+def _checked_shape(shape: Sequence[int], where: str) -> Tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{where}: shape must have non-negative sizes, got {shape}.")
+    return shape
+
+
 def uniform(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     """Float32 uniforms on ``[nextafter(-1, 0), 1)``: bit for bit ``jax.random.uniform(key,
     shape, jnp.float32, nextafter(-1, 0), 1)``, the uniforms behind ``jax.random.normal``."""
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"normal: shape must have non-negative sizes, got {shape}.")
+    shape = _checked_shape(shape, "uniform")
     size = int(np.prod(shape))
     data = _threefry_key_data(key)
     if data is None or size >= 2**32:
@@ -110,9 +115,7 @@ def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array
     """Standard normal samples of ``shape``: ``jax.random.normal(key, shape, dtype)``'s
     uniforms through :func:`erf_inv` (see the module docstring); other dtypes than float32 are
     ``jax.random.normal``'s own."""
-    if dtype != jnp.float32:
-        shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
-            raise ValueError(f"normal: shape must have non-negative sizes, got {shape}.")
+    shape = _checked_shape(shape, "normal")
+    if jnp.dtype(dtype) != jnp.float32:
         return jax.random.normal(key, shape, dtype)
     return np.float32(np.sqrt(2.0)) * erf_inv(uniform(key, shape))
