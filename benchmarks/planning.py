@@ -123,8 +123,6 @@ def _with_each_dots(fun, **jit_kwargs) -> dict:
     return compiled
 
 
-
-
 def reward_fn(obs, act, next_obs):
     """A cheap quadratic stand-in for the task reward (its cost is negligible here)."""
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)

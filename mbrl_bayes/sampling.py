@@ -65,7 +65,8 @@ _ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
 
 
 def erf_inv(x: jax.Array) -> jax.Array:
-    """Inverse error function of float32 ``x`` in [-1, 1] (``+-inf`` at ``+-1``).
+    """Inverse error function, elementwise: float32 ``x`` of any shape, values in [-1, 1]
+    (``+-inf`` at ``+-1``; NaN outside, as ``lax.erf_inv``) -> float32 of ``x``'s shape.
 
     Giles' single-precision approximation, as in ``lax.erf_inv``, but with ``w = -log((1 - x) *
     (1 + x))``: for ``|x| >= 0.5``, ``1 - |x|`` is exact (Sterbenz) and the product carries two
@@ -95,8 +96,9 @@ def _checked_shape(shape: Sequence[int], where: str) -> Tuple[int, ...]:
 
 
 def uniform(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-    """Float32 uniforms on ``[nextafter(-1, 0), 1)``: bit for bit ``jax.random.uniform(key,
-    shape, jnp.float32, nextafter(-1, 0), 1)``, the uniforms behind ``jax.random.normal``."""
+    """Float32 uniforms of ``shape`` on ``[nextafter(-1, 0), 1)``: bit for bit
+    ``jax.random.uniform(key, shape, jnp.float32, nextafter(-1, 0), 1)``, the uniforms behind
+    ``jax.random.normal``. A negative size in ``shape`` is a one-line ValueError."""
     shape = _checked_shape(shape, "uniform")
     size = int(np.prod(shape))
     data = _threefry_key_data(key)
