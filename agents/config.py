@@ -22,8 +22,10 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
-    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): plan with each step's network run as
-    one Pallas/Triton kernel (``mbrl_bayes.models.FusedMLPConfig`` defaults).
+    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): ``"step"`` (or ``true``) plans with
+    each step's network run as one Pallas/Triton kernel, ``"horizon"`` with each rollout's whole
+    horizon as one kernel launch (``ts_inf``/``thompson``/``optimistic``; the other propagation
+    modes keep XLA's products); ``mbrl_bayes.models.FusedMLPConfig`` defaults otherwise.
     """
 
     name: str = "pe"
@@ -37,12 +39,29 @@ class ModelConfig:
     prior_stddev: float = 1.0
     lstm_size: int = 64
     sequence_length: int = 10
-    fused_kernel: bool = False
+    fused_kernel: bool | str = False
+
+
+FUSED_KERNELS = ("step", "horizon")
+
+
+def fused_kernel_kind(model: ModelConfig) -> Optional[str]:
+    """``model.fused_kernel`` as one of ``FUSED_KERNELS`` (``True`` is ``"step"``), or None;
+    a one-line ValueError for anything else."""
+    kind = model.fused_kernel
+    if kind is False or kind is None or kind == "":
+        return None
+    if kind is True:
+        return "step"
+    if kind not in FUSED_KERNELS:
+        raise ValueError(f"fused_kernel must be one of {FUSED_KERNELS} (or true/false), got "
+                         f"{kind!r}.")
+    return kind
 
 
 def check_fused_kernel(model: ModelConfig) -> None:
     """Raises a one-line ValueError if ``model.fused_kernel`` is set where it cannot run."""
-    if not model.fused_kernel:
+    if fused_kernel_kind(model) is None:
         return
     if model.name not in ("pe", "de", "p", "d"):
         raise ValueError(f"fused_kernel applies to the ensemble models (pe, de, p, d), not "

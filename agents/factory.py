@@ -7,8 +7,22 @@ from typing import Any
 
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
-from agents.config import ModelConfig, PlannerConfig, RunConfig, check_fused_kernel
+from agents.config import (
+    ModelConfig,
+    PlannerConfig,
+    RunConfig,
+    check_fused_kernel,
+    fused_kernel_kind,
+)
 from mbrl_bayes import models, planning
+
+
+def fused_mlp_config(cfg: ModelConfig):
+    """The ``FusedMLPConfig`` that ``cfg.fused_kernel`` names, or None (XLA's products)."""
+    kind = fused_kernel_kind(cfg)
+    if kind is None:
+        return None
+    return models.FusedMLPConfig(whole_horizon=kind == "horizon")
 
 
 def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
@@ -18,7 +32,7 @@ def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
     if cfg.name in ("pe", "de", "p", "d"):
         ensemble = cfg.name in ("pe", "de")
         check_fused_kernel(cfg)
-        fused = models.FusedMLPConfig() if cfg.fused_kernel else None
+        fused = fused_mlp_config(cfg)
         return models.ProbabilisticEnsemble(
             **common,
             ensemble_size=cfg.ensemble_size if ensemble else 1,

@@ -11,13 +11,16 @@
    the relative error of one step against float64 on the host. Variants that fail to compile are
    recorded with their error and skipped.
 2. **Seconds per action** of ``benchmarks/planning.py``'s planner for both configurations with
-   XLA's products and the fastest variant of each operand dtype, timed in
-   alternating rounds; and how far the fused planner's rollout objectives (64 candidates) are
-   from the XLA planner's.
+   XLA's products, each whole-horizon rollout kernel variant (``ROLLOUT_VARIANTS``: the whole
+   horizon in one launch, ``mbrl_bayes.models.fused_rollout``) and the fastest per-step kernel
+   variant of each operand dtype, timed in alternating rounds; and how far each planner's
+   rollout objectives (64 candidates) are from the XLA planner's. Variants that fail to build
+   are recorded with their error.
 
 One JSON object per measurement in ``DIR/fused.jsonl``; a summary table is printed last (also in
 ``DIR/fused_summary.txt``); the fastest variant of each dtype as ``benchmarks/planning.py`` flags
-in ``DIR/best_<dtype>_flags.txt``.
+in ``DIR/best_<dtype>_flags.txt``, the fastest kernel planner's in
+``DIR/best_planner_flags.txt``.
 """
 
 from __future__ import annotations
@@ -44,28 +47,57 @@ from mbrl_bayes.models.ensemble import apply_stacked_mlp, init_stacked_mlp  # no
 from mbrl_bayes.models.fused_mlp import fused_stacked_mlp, pack_stacked_mlp  # noqa: E402
 
 # FusedMLPConfig arguments: (block_rows, num_warps, dot_dtype, max_chunk, pad_to_power_of_two),
-# most promising first (the time budget may cut the list).
+# most promising first (the time budget may cut the list): float32 first (XLA's precision), then
+# by the register spills ``benchmarks/triton_resources.py`` reports without a GPU.
 VARIANTS = [
-    (64, 4, "float32", 64, False), (128, 8, "float32", 64, False),
-    (128, 8, "bfloat16", 128, False), (128, 8, "float16", 128, False),
+    (64, 4, "float32", 64, False), (128, 8, "bfloat16", 64, False),
     (64, 4, "bfloat16", 64, False), (64, 4, "float16", 64, False),
-    (128, 8, "bfloat16", 64, False), (64, 4, "float32", 128, False),
-    (64, 4, "bfloat16", 256, True), (32, 4, "float32", 64, False),
-    (128, 4, "bfloat16", 64, False), (64, 8, "float32", 64, False),
-    (128, 8, "float32", 128, False), (32, 4, "bfloat16", 64, False),
+    (128, 8, "bfloat16", 128, False), (32, 4, "bfloat16", 64, False),
+    (128, 8, "float32", 64, False), (128, 8, "float16", 128, False),
+    (32, 4, "float32", 64, False), (128, 8, "float32", 128, False),
+    (64, 4, "float32", 128, False), (64, 4, "bfloat16", 256, True),
+    (64, 8, "float32", 64, False), (128, 4, "bfloat16", 64, False),
 ]
+# The whole-horizon rollout kernel's variants (``FusedMLPConfig`` arguments besides
+# ``whole_horizon=True``), timed as planners; ordered by what ``benchmarks/triton_resources.py``
+# reports (fewest register spills first; docs/results/triton_resources/).
+ROLLOUT_VARIANTS = [
+    dict(block_rows=64, num_warps=4, dot_dtype="bfloat16", staged=True, num_stages=2),
+    dict(block_rows=32, num_warps=4, dot_dtype="bfloat16", staged=True, num_stages=2),
+    dict(block_rows=64, num_warps=4, dot_dtype="bfloat16", staged=True),
+    dict(block_rows=64, num_warps=4, dot_dtype="float16", staged=True, num_stages=2),
+    dict(block_rows=128, num_warps=8, dot_dtype="bfloat16", staged=True),
+    dict(block_rows=64, num_warps=8, dot_dtype="bfloat16"),
+    dict(block_rows=64, num_warps=8, dot_dtype="float32", staged=True),
+    dict(block_rows=64, num_warps=4, dot_dtype="float32"),
+]
+
+
+def config_of(variant, whole_horizon: bool = False, interpret: bool = False) -> FusedMLPConfig:
+    """The ``FusedMLPConfig`` of a ``VARIANTS`` tuple or a ``ROLLOUT_VARIANTS`` dict."""
+    if isinstance(variant, dict):
+        return FusedMLPConfig(**variant, whole_horizon=True, interpret=interpret)
+    block_rows, num_warps, dtype, max_chunk, power_of_two = variant
+    return FusedMLPConfig(block_rows=block_rows, num_warps=num_warps, dot_dtype=dtype,
+                          max_chunk=max_chunk, pad_to_power_of_two=power_of_two,
+                          whole_horizon=whole_horizon, interpret=interpret)
 
 
 def planning_flags(cfg: FusedMLPConfig) -> str:
     """``benchmarks/planning.py`` flags for the kernel variant ``cfg``."""
     return (f"--mlp-kernel pallas --block-rows {cfg.block_rows} --num-warps {cfg.num_warps} "
             f"--dot-dtype {cfg.dot_dtype} --max-chunk {cfg.max_chunk}"
-            + (" --pad-to-power-of-two" if cfg.pad_to_power_of_two else ""))
+            + (" --pad-to-power-of-two" if cfg.pad_to_power_of_two else "")
+            + (" --whole-horizon" if cfg.whole_horizon else "")
+            + (" --staged" if cfg.staged else "")
+            + (f" --num-stages {cfg.num_stages}" if cfg.num_stages is not None else ""))
 
 
 def variant_name(cfg: FusedMLPConfig) -> str:
-    return (f"pallas r{cfg.block_rows} w{cfg.num_warps} c{cfg.max_chunk}"
-            f"{'p2' if cfg.pad_to_power_of_two else ''} {cfg.dot_dtype}")
+    kind = ("staged" if cfg.staged else "horizon") if cfg.whole_horizon else "pallas"
+    stages = f" s{cfg.num_stages}" if cfg.num_stages is not None else ""
+    return (f"{kind} r{cfg.block_rows} w{cfg.num_warps} c{cfg.max_chunk}"
+            f"{'p2' if cfg.pad_to_power_of_two else ''}{stages} {cfg.dot_dtype}")
 
 
 def _network(cfg: dict, smoke: bool):
@@ -146,13 +178,28 @@ def _planner(config: str, fused, smoke: bool):
     return mpc, params, state, obs, cfg
 
 
-def planner_runs(config: str, variants: dict, rounds: int, actions: int, smoke: bool) -> list:
-    """ms per action for each variant (alternating rounds) and objective agreement with XLA."""
+def planner_runs(config: str, variants: dict, rounds: int, actions: int, smoke: bool,
+                 deadline: float = float("inf")) -> list:
+    """ms per action for each variant (alternating rounds) and objective agreement with XLA
+    (the ``'xla'`` variant, built first). A variant that fails to build is recorded with its
+    error; variants not built by ``deadline`` (``time.perf_counter()``) are skipped."""
     built, records = {}, []
     for name, fused in variants.items():
+        if name != "xla" and time.perf_counter() > deadline:
+            records.append({"part": "planner", "config": config, "variant": name,
+                            "skipped": "time budget"})
+            continue
         start = time.perf_counter()
-        mpc, params, state, obs, cfg = _planner(config, fused, smoke)
-        jax.block_until_ready(mpc.act(params, state, obs, jax.random.PRNGKey(1))[0])
+        try:
+            mpc, params, state, obs, cfg = _planner(config, fused, smoke)
+            jax.block_until_ready(mpc.act(params, state, obs, jax.random.PRNGKey(1))[0])
+        except Exception as error:  # a variant Triton rejects (registers, shared memory)
+            if name == "xla":
+                raise
+            records.append({"part": "planner", "config": config, "variant": name,
+                            "error": f"{type(error).__name__}: {str(error)[:300]}"})
+            traceback.print_exc(limit=3)
+            continue
         built[name] = (mpc, params, state, obs, time.perf_counter() - start)
     times = {name: [] for name in built}
     for _ in range(rounds):
@@ -190,6 +237,8 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-s", type=float, default=200.0,
                         help="stop trying kernel variants after this many seconds")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--planner-budget-s", type=float, default=200.0,
+                        help="stop building planner variants after this many more seconds")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     log = open(os.path.join(args.out, "fused.jsonl"), "a")
@@ -209,10 +258,8 @@ def main(argv=None) -> None:
     xla_16bit = step_chain(cfg, "bfloat16", steps, args.smoke)  # for comparison, not planned
     record({"part": "step", "variant": "xla bfloat16 operands", **xla_16bit})
     configs = {}
-    for block_rows, num_warps, dtype, max_chunk, power_of_two in variants:
-        fused = FusedMLPConfig(block_rows=block_rows, num_warps=num_warps, dot_dtype=dtype,
-                               max_chunk=max_chunk, pad_to_power_of_two=power_of_two,
-                               interpret=args.smoke)
+    for variant in variants:
+        fused = config_of(variant, interpret=args.smoke)
         name = variant_name(fused)
         if time.perf_counter() - start > args.budget_s:
             record({"part": "step", "variant": name, "skipped": "time budget"})
@@ -226,7 +273,12 @@ def main(argv=None) -> None:
                     f"{str(error)[:300]}"})
             traceback.print_exc(limit=3)
 
+    # The whole-horizon kernel first (it removes the per-step launches), then the fastest
+    # per-step kernel of each operand dtype.
     planner_variants = {"xla": None}
+    for variant in ROLLOUT_VARIANTS[:2] if args.smoke else ROLLOUT_VARIANTS:
+        fused = config_of(variant, interpret=args.smoke)
+        planner_variants[variant_name(fused)] = fused
     for dtype in ("float32", "bfloat16", "float16"):
         candidates = [(r["us_per_step"], n) for n, r in step_results.items()
                       if n != "xla" and configs[n].dot_dtype == dtype]
@@ -236,10 +288,12 @@ def main(argv=None) -> None:
             with open(os.path.join(args.out, f"best_{dtype}_flags.txt"), "w") as f:
                 f.write(planning_flags(configs[name]) + "\n")
     planner_records = []
+    deadline = time.perf_counter() + args.planner_budget_s
     for config in ("pets_halfcheetah", "pets_cartpole"):
         try:
             for entry in planner_runs(config, planner_variants, rounds=2 if args.smoke else 3,
-                                      actions=1 if args.smoke else 4, smoke=args.smoke):
+                                      actions=1 if args.smoke else 4, smoke=args.smoke,
+                                      deadline=deadline):
                 record(entry)
                 planner_records.append(entry)
         except Exception as error:
@@ -247,6 +301,12 @@ def main(argv=None) -> None:
                     "error": f"{type(error).__name__}: {str(error)[:300]}"})
             traceback.print_exc(limit=3)
 
+    timed = [r for r in planner_records if r["config"] == "pets_halfcheetah"
+             and r["variant"] != "xla" and "ms_per_action" in r]
+    if timed:  # the fastest kernel planner, for the profile step of gpu_session.sh
+        fastest = min(timed, key=lambda r: r["ms_per_action"])
+        with open(os.path.join(args.out, "best_planner_flags.txt"), "w") as f:
+            f.write(planning_flags(planner_variants[fastest["variant"]]) + "\n")
     lines = [f"fused MLP kernel, {jax.devices()[0].device_kind}, jax {jax.__version__}",
              "", f"{'one step (halfcheetah net)':<36} {'us/step':>9} {'TFLOP/s':>8} "
              f"{'rel err':>9} {'compile s':>9}"]
@@ -256,6 +316,10 @@ def main(argv=None) -> None:
     lines += ["", f"{'planner':<50} {'ms/action':>9} {'median':>8} {'obj diff':>9} "
               f"{'same best':>9} {'compile s':>9}"]
     for r in planner_records:
+        if "ms_per_action" not in r:
+            lines.append(f"{r['config'] + ' ' + r['variant']:<50} "
+                         f"{r.get('error') or r.get('skipped')}"[:140])
+            continue
         lines.append(f"{r['config'] + ' ' + r['variant']:<50} {r['ms_per_action']:9.2f} "
                      f"{r['ms_median']:8.2f} {r['objective_rel_diff_vs_xla']:9.2e} "
                      f"{str(r['same_best_candidate']):>9} {r['compile_s']:9.1f}")

@@ -5,8 +5,10 @@
 #   bash ../shared/gpu/wheels.sh pytest iniconfig pluggy packaging
 #   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm,pytest,iniconfig,pluggy,packaging}* .gpuwhl/
 # and add /.gpuwhl/ to .git/info/exclude; run with carry [".gpuwhl"].
-# MODE=fused (default): the fused Pallas/Triton MLP kernel against XLA's products
-#   (benchmarks/gpu_fused.py), then the kernel's and the planner's tests on the GPU.
+# MODE=fused (default): the Pallas/Triton kernels against XLA's products (benchmarks/gpu_fused.py:
+#   per-step network kernel variants, then planners with the whole-horizon rollout kernel and
+#   the per-step kernel), a per-kernel profile of the fastest kernel planner, then the kernels'
+#   and the rollout's tests on the GPU. About 8 minutes at most; run it with timeout_s 600.
 # MODE=all: also benchmarks/gpu_variants.py and benchmarks/gpu_check.py (XLA options, precision,
 #   unrolling; their results from session 3 are in docs/results/gpu_h100/).
 # OUT is the folder for results (default ./gpu_out). Checking the script on a CPU:
@@ -23,18 +25,24 @@ if [ "$WHEELS" != none ]; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
-timeout 360 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 150 $FUSED_ARGS > "$OUT/fused.log" 2>&1
+timeout 300 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 80 --planner-budget-s 130 \
+  $FUSED_ARGS > "$OUT/fused.log" 2>&1
 echo "gpu_fused rc=$?"
-if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_float32_flags.txt" ]; then
-  # Per-kernel times of one fused action (CUDA graphs off, so that each kernel is traced).
-  XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 100 python3 benchmarks/planning.py \
-    --config pets_halfcheetah --actions 2 --profile $(cat "$OUT/best_float32_flags.txt") \
+if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_planner_flags.txt" ]; then
+  # Per-kernel times of one action of the fastest kernel planner (CUDA graphs off, so that each
+  # kernel is traced).
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 45 python3 benchmarks/planning.py \
+    --config pets_halfcheetah --actions 2 --profile $(cat "$OUT/best_planner_flags.txt") \
     > "$OUT/profile_fused.log" 2>&1
   echo "profile rc=$?"; head -n 30 "$OUT/profile_fused.log"
 fi
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused_mlp.py \
-  tests/test_planning_rollout.py tests/test_planning_optimizers.py > "$OUT/tests.log" 2>&1
-echo "tests rc=$?"; tail -n 5 "$OUT/tests.log"
+# The compiled kernels against XLA on the GPU (4 tests), then the rollout's own tests.
+timeout 75 python3 -m pytest -q -p no:cacheprovider tests/test_fused_rollout.py \
+  tests/test_fused_mlp.py -k on_a_gpu > "$OUT/tests.log" 2>&1
+echo "kernel tests rc=$?"; tail -n 5 "$OUT/tests.log"
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_planning_rollout.py \
+  > "$OUT/tests_rollout.log" 2>&1
+echo "rollout tests rc=$?"; tail -n 3 "$OUT/tests_rollout.log"
 if [ "$MODE" = all ]; then
   timeout 160 python3 benchmarks/gpu_variants.py --out "$OUT" --precisions default highest \
     > "$OUT/variants.log" 2>&1

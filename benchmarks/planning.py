@@ -16,8 +16,10 @@ default precision (TF32 on NVIDIA GPUs; ``--matmul-precision highest`` for full 
 ``--unroll`` sets how far the rollout's horizon loop is unrolled (``0``: all of it; default 1,
 the MPC's default). ``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused
 Pallas/Triton kernel of ``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``,
-``--dot-dtype``, ``--max-chunk``, ``--pad-to-power-of-two`` tune it). The last line printed
-is one JSON object.
+``--dot-dtype``, ``--max-chunk``, ``--pad-to-power-of-two``, ``--num-stages`` tune it;
+``--whole-horizon`` runs each rollout's whole horizon as one launch of
+``mbrl_bayes.models.fused_rollout`` instead, ``--staged`` with its activations in memory). The
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def profile_action(mpc, params, state, obs, top: int = 40) -> None:
         print(f"{name[:40]:<40} {ms:8.1f} {ms / busy:6.1%} {count[name]:6d}")
 
 
-def main(argv=None) -> dict:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="pets_cartpole")
     parser.add_argument("--actions", type=int, default=8, help="timed actions")
@@ -199,6 +201,26 @@ def main(argv=None) -> dict:
                         help="fused kernel: widest piece a layer width is cut into")
     parser.add_argument("--pad-to-power-of-two", action="store_true",
                         help="fused kernel: pad widths to powers of two (200 -> 256)")
+    parser.add_argument("--whole-horizon", action="store_true",
+                        help="fused kernel: the whole rollout horizon in one launch")
+    parser.add_argument("--staged", action="store_true",
+                        help="whole-horizon kernel: hidden activations in memory, pipelined "
+                             "layer loops")
+    parser.add_argument("--num-stages", type=int, default=None,
+                        help="fused kernel: Triton pipelining stages (default: Triton's / 1)")
+    return parser
+
+
+def fused_config(args: argparse.Namespace) -> FusedMLPConfig:
+    """The ``FusedMLPConfig`` that the kernel flags in ``args`` describe."""
+    return FusedMLPConfig(
+        block_rows=args.block_rows, num_warps=args.num_warps, dot_dtype=args.dot_dtype,
+        max_chunk=args.max_chunk, pad_to_power_of_two=args.pad_to_power_of_two,
+        whole_horizon=args.whole_horizon, staged=args.staged, num_stages=args.num_stages)
+
+
+def main(argv=None) -> dict:
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.unroll < 0:
         parser.error(f"--unroll must be >= 0, got {args.unroll}")
@@ -208,9 +230,7 @@ def main(argv=None) -> dict:
             parser.error("--mlp-kernel pallas needs a GPU (elsewhere the kernel only runs in "
                          "Pallas' slow interpreter)")
         try:
-            args.fused_mlp = FusedMLPConfig(
-                block_rows=args.block_rows, num_warps=args.num_warps, dot_dtype=args.dot_dtype,
-                max_chunk=args.max_chunk, pad_to_power_of_two=args.pad_to_power_of_two)
+            args.fused_mlp = fused_config(args)
         except ValueError as error:
             parser.error(str(error))
     if args.matmul_precision is None:

@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--population", type=_positive_int)
     train.add_argument("--particles", type=_positive_int)
     train.add_argument("--seed-steps", type=int, help="random steps before the first trial")
-    train.add_argument("--fused-kernel", action="store_true", default=None,
-                       help="plan with the fused Pallas/Triton network kernel (GPUs; pe/de/p/d)")
+    train.add_argument("--fused-kernel", nargs="?", const="step", choices=["step", "horizon"],
+                       default=None,
+                       help="plan with fused Pallas/Triton kernels (GPUs; pe/de/p/d): each "
+                            "step's network (step, the default) or a rollout's whole horizon")
     train.add_argument("--config", help="a JSON RunConfig file (flags override it)")
     train.add_argument("--out", help="run folder; default runs/<env>-<agent>-<model>-s<seed>")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
@@ -110,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.model is not None:
             config.model.name = args.model
         if args.fused_kernel:
-            config.model.fused_kernel = True
+            config.model.fused_kernel = args.fused_kernel
         for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
                            ("horizon", "horizon"), ("population", "population"),
                            ("particles", "num_particles")):

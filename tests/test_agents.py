@@ -116,6 +116,20 @@ def test_config_json_round_trip(tmp_path):
         bad.validate()
 
 
+@pytest.mark.parametrize("kind, whole_horizon", [(True, False), ("step", False),
+                                                  ("horizon", True)])
+def test_fused_kernel_names_its_kernel(kind, whole_horizon):
+    from agents.factory import fused_mlp_config
+
+    assert fused_mlp_config(ModelConfig(fused_kernel=False)) is None
+    cfg = fused_mlp_config(ModelConfig(fused_kernel=kind))
+    assert isinstance(cfg, models.FusedMLPConfig) and cfg.whole_horizon == whole_horizon
+    config = tiny_config()
+    config.model.fused_kernel = "sideways"
+    with pytest.raises(ValueError, match="fused_kernel must be one of \\('step', 'horizon'\\)"):
+        config.validate()
+
+
 def test_pets_agent_with_the_recurrent_model():
     config = tiny_config(agent="pets")
     config.model = ModelConfig(name="vlstm", hidden_sizes=(8,), lstm_size=4, sequence_length=4)

@@ -128,6 +128,9 @@ def test_evaluate_and_plot(trained_run, tmp_path, capsys):
     (["plot", "/nonexistent/run"], "is not a run folder"),
     (["frobnicate"], "invalid choice"),
     (["train", "--model", "vlstm", "--fused-kernel"], "fused_kernel applies to the ensemble"),
+    (["train", "--model", "vlstm", "--fused-kernel", "horizon"],
+     "fused_kernel applies to the ensemble"),
+    (["train", "--fused-kernel", "sideways"], "invalid choice: 'sideways'"),
     pytest.param(["train", "--fused-kernel"], "fused_kernel needs a GPU",
                  marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])

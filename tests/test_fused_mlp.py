@@ -185,6 +185,9 @@ def test_fused_rollout_over_a_batch_of_start_states(ensembles):
     np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu",
+                    reason="checks the lowering on machines without a GPU (newer jaxlibs compile "
+                           "the kernel while lowering where a GPU is present)")
 def test_kernel_lowers_for_triton():
     """The Pallas -> Triton lowering (block shapes, every primitive in the kernel) runs without a
     GPU: export the fused forward for the CUDA platform."""

@@ -8,8 +8,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from mbrl_bayes import sampling
 from mbrl_bayes.models.base import Batch, Functions, Params
 from mbrl_bayes.models.fused_mlp import FusedMLPConfig, fused_stacked_mlp, pack_stacked_mlp
+from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 
@@ -78,8 +80,12 @@ class ProbabilisticEnsemble(GaussianDynamics):
 
     With ``fused_mlp`` (a :class:`~mbrl_bayes.models.fused_mlp.FusedMLPConfig`), the draws of
     ``sample_functions`` carry zero-padded weights and ``transition`` runs the whole network as
-    one Pallas/Triton kernel (GPUs; ``interpret=True`` on CPUs). Training and ``evaluate`` use
-    the plain products either way (the kernel has no gradient).
+    one Pallas/Triton kernel (GPUs; ``interpret=True`` on CPUs). With
+    ``FusedMLPConfig(whole_horizon=True)`` the draws carry the weights packed for
+    :func:`~mbrl_bayes.models.fused_rollout.fused_rollout` instead, and ``rollout_states`` runs a
+    fixed-assignment planning horizon as one kernel launch (``transition`` then uses XLA's
+    products). Training and ``evaluate`` use the plain products either way (the kernels have no
+    gradient).
     """
 
     def __init__(
@@ -160,9 +166,42 @@ class ProbabilisticEnsemble(GaussianDynamics):
         else:
             members = elites[jax.random.randint(key, (k,), 0, self.num_elites)]
         layers = jax.tree_util.tree_map(lambda w: w[members], params["net"])
+        if self.has_rollout_kernel:
+            packed = pack_rollout(layers, params["stats"], params.get("logvar_bounds"),
+                                  self.obs_dim, self.fused_mlp)
+            return {"layers": layers, "rollout": packed, "member": members}
         if self.fused_mlp is not None:
             return {"packed": pack_stacked_mlp(layers, self.fused_mlp), "member": members}
         return {"layers": layers, "member": members}
+
+    @property
+    def has_rollout_kernel(self) -> bool:
+        """Whether ``rollout_states`` runs (``FusedMLPConfig(whole_horizon=True)``)."""
+        return self.fused_mlp is not None and self.fused_mlp.whole_horizon
+
+    def rollout_states(
+        self, params: Params, fns: Functions, keys: jax.Array, obs: jax.Array, act: jax.Array
+    ) -> Tuple[jax.Array, Optional[jax.Array]]:
+        """Draw ``i`` rolled out from ``obs[i]`` [k, m, d] under ``act[i]`` [k, H, m, a], all
+        ``H`` steps in one kernel launch (``has_rollout_kernel`` models only).
+
+        ``keys`` [H] are the per-step keys: step ``h`` samples exactly the aleatoric noise that
+        ``transition(params, fns, keys[h], ...)`` would. Returns ``next_obs`` [k, H, m, d] and the
+        learned ``reward`` [k, H, m] (None without a reward head).
+        """
+        if not self.has_rollout_kernel or "rollout" not in fns:
+            raise ValueError("rollout_states needs FusedMLPConfig(whole_horizon=True) and draws "
+                             "from this model's sample_functions.")
+        k, _, m = act.shape[:3]
+        noise = None
+        if self.probabilistic:
+            def step_noise(key):  # as ``transition``: its second split drives the noise
+                return sampling.normal(jax.random.split(key)[1], (k, m, self.target_dim))
+
+            noise = jnp.swapaxes(jax.vmap(step_noise)(keys), 0, 1)  # [k, H, m, t]
+        out = fused_rollout(fns["rollout"], obs, act, noise, self.activation, self.fused_mlp)
+        reward = out[..., self.obs_dim] if self.learns_reward else None
+        return out[..., : self.obs_dim], reward
 
     def all_members(self, params: Params) -> Functions:
         """Every member, in order: the draws used for training and elite selection."""

@@ -60,7 +60,8 @@ class FusedMLPConfig:
         block_rows: rows per kernel program (a power of two >= 16). Larger blocks reuse each
             weight load for more rows; smaller ones give more programs to spread over the SMs.
         num_warps: Triton warps per program.
-        num_stages: Triton software-pipelining stages (None: Triton's default).
+        num_stages: Triton software-pipelining stages (None: Triton's default, 3; 1 for the
+            whole-horizon kernel unless ``staged``).
         dot_dtype: dtype the products' operands are rounded to (float32 products run as TF32 on
             NVIDIA GPUs, like XLA's default precision; ``bfloat16`` and ``float16`` halve the
             weight traffic and double the tensor-core rate; ``float16`` keeps TF32's 10-bit
@@ -70,6 +71,14 @@ class FusedMLPConfig:
         pad_to_power_of_two: pad each width to a power of two (200 -> 256: one piece per layer
             with ``max_chunk=256``, at 1.6x the hidden layers' FLOPs) instead of to a multiple
             of 16 (200 -> 208).
+        whole_horizon: an ensemble planning with a fixed particle-to-draw assignment (``ts_inf``,
+            ``thompson``, ``optimistic``) runs the whole horizon as one kernel launch
+            (:mod:`~mbrl_bayes.models.fused_rollout`) instead of one network kernel per step;
+            the other propagation modes keep XLA's products.
+        staged: (``whole_horizon`` only) keep the hidden activations in a per-program scratch
+            buffer (L1/L2) instead of registers, and run each layer as a loop over 64-wide
+            input slices that Triton software-pipelines over ``num_stages`` (default 3; 1
+            otherwise): fewer registers, weight loads overlapped with the products.
         interpret: run with the Pallas interpreter (CPUs, tests) instead of compiling for a GPU.
     """
 
@@ -79,6 +88,8 @@ class FusedMLPConfig:
     dot_dtype: str = "float32"
     max_chunk: int = 64
     pad_to_power_of_two: bool = False
+    whole_horizon: bool = False
+    staged: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -89,6 +100,10 @@ class FusedMLPConfig:
                              f"{self.max_chunk}.")
         if self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
             raise ValueError(f"num_warps must be a power of two, got {self.num_warps}.")
+        if self.num_stages is not None and self.num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}.")
+        if self.staged and not self.whole_horizon:
+            raise ValueError("staged applies to the whole-horizon kernel (whole_horizon=True).")
         if self.dot_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"dot_dtype must be 'float32', 'bfloat16' or 'float16', got {self.dot_dtype!r}."
@@ -128,27 +143,108 @@ def pack_stacked_mlp(layers: Sequence[dict], config: FusedMLPConfig) -> PackedML
     return PackedMLP(tuple(weights), tuple(biases), int(layers[0]["w"].shape[-2]))
 
 
+def _dense(h, w_ref, b_ref, in_pieces, out_pieces, dot_dtype, zero=None) -> List[jax.Array]:
+    """One layer on chunked activations: ``h[c]`` is input piece ``in_pieces[c]``; returns the
+    pre-activation output pieces ``[rows, size]`` of ``out_pieces`` (float32 accumulation).
+
+    ``zero``: a traced int32 0 added to the weights' row offsets. Inside a loop whose body reloads
+    the weights, it keeps the compiler from hoisting every weight chunk's address tensor out of the
+    loop, where they would stay live (in registers) for the whole loop.
+    """
+    from jax.experimental import pallas as pl
+
+    out = []
+    for out_offset, out_size in out_pieces:
+        acc = jnp.broadcast_to(
+            b_ref[pl.ds(out_offset, out_size)][None, :], (h[0].shape[0], out_size)
+        )
+        for (in_offset, in_size), h_chunk in zip(in_pieces, h, strict=True):
+            row = in_offset if zero is None else in_offset + zero
+            w = w_ref[pl.ds(row, in_size), pl.ds(out_offset, out_size)]
+            acc = acc + jnp.dot(h_chunk.astype(dot_dtype), w, preferred_element_type=jnp.float32)
+        out.append(acc)
+    return out
+
+
+def _network(h, param_refs, pieces, activation, dot_dtype, zero=None) -> List[jax.Array]:
+    """Every layer on chunked activations ``h`` (pieces of ``pieces[0]``); returns the output
+    pieces of ``pieces[-1]`` (no activation on the last layer). ``zero``: see ``_dense``."""
+    num_layers = len(pieces) - 1
+    for layer in range(num_layers):
+        w_ref, b_ref = param_refs[2 * layer], param_refs[2 * layer + 1]
+        h = _dense(h, w_ref, b_ref, pieces[layer], pieces[layer + 1], dot_dtype, zero)
+        if layer < num_layers - 1:
+            h = [activation(chunk).astype(dot_dtype) for chunk in h]
+    return h
+
+
+def _barrier(interpret: bool) -> None:
+    """All of the program's threads reach this point before any goes on (their global-memory
+    writes visible to each other); nothing to do in the sequential interpreter."""
+    if not interpret:
+        from jax.experimental.pallas import triton as pl_triton
+
+        pl_triton.debug_barrier()
+
+
+def _staged_dense(scratch_ref, base, in_width, w_ref, b_ref, out_pieces, dot_dtype, zero,
+                  k_chunk: int = 64) -> List[jax.Array]:
+    """One layer whose input ``[rows, in_width]`` sits in memory, columns ``base`` on of
+    ``scratch_ref``: a loop over ``k_chunk``-wide input slices, each multiplied into every
+    output piece, then the remaining (power-of-two) slices. Triton software-pipelines the loop's
+    loads (``num_stages``), so only the output pieces' accumulators stay in registers."""
+    from jax.experimental import pallas as pl
+
+    rows = scratch_ref.shape[0]
+    accs = tuple(jnp.broadcast_to(b_ref[pl.ds(o, n)][None, :], (rows, n)) for o, n in out_pieces)
+
+    def product(accs, offset, size):
+        a = scratch_ref[:, pl.ds(base + offset, size)]
+        return tuple(acc + jnp.dot(a, w_ref[pl.ds(offset, size), pl.ds(o, n)],
+                                   preferred_element_type=jnp.float32)
+                     for acc, (o, n) in zip(accs, out_pieces, strict=True))
+
+    full = in_width // k_chunk
+    if full:
+        accs = jax.lax.fori_loop(0, full, lambda c, accs: product(accs, c * k_chunk + zero,
+                                                                  k_chunk), accs)
+    for offset, size in chunks(in_width - full * k_chunk):  # none when k_chunk divides it
+        accs = product(accs, full * k_chunk + offset + zero, size)
+    return list(accs)
+
+
+def _staged_network(h, scratch_ref, param_refs, pieces, activation, dot_dtype, zero,
+                    interpret) -> List[jax.Array]:
+    """``_network`` with the hidden activations in memory: each hidden layer's activated output
+    is written to ``scratch_ref`` (the program's ``[rows, width]`` block of a scratch buffer)
+    and read back by the next layer's ``_staged_dense``. The first layer takes the register
+    pieces ``h``; the last returns its output pieces.
+
+    (One loop per layer accumulating every output piece compiles to fewer spills than one loop
+    per output piece, ``benchmarks/triton_resources.py``.)"""
+    from jax.experimental import pallas as pl
+
+    num_layers = len(pieces) - 1
+    h = _dense(h, param_refs[0], param_refs[1], pieces[0], pieces[1], dot_dtype, zero)
+    for layer in range(1, num_layers):
+        _barrier(interpret)  # every thread is done reading the previous layer's activations
+        for (offset, size), chunk in zip(pieces[layer], h, strict=True):
+            scratch_ref[:, pl.ds(offset, size)] = activation(chunk).astype(dot_dtype)
+        _barrier(interpret)  # ... and sees all of this layer's
+        width = sum(size for _, size in pieces[layer])
+        h = _staged_dense(scratch_ref, 0, width, param_refs[2 * layer],
+                          param_refs[2 * layer + 1], pieces[layer + 1], dot_dtype, zero)
+    return h
+
+
 def _mlp_kernel(x_ref, *refs, pieces, activation, dot_dtype):
     """One program: ``block_rows`` rows of one draw through every layer. ``pieces[l]`` are the
     ``(offset, size)`` chunks of layer ``l``'s input width (the last: of the output width)."""
     from jax.experimental import pallas as pl
 
     param_refs, out_ref = refs[:-1], refs[-1]
-    num_layers = len(pieces) - 1
-    h: List[jax.Array] = [x_ref[:, pl.ds(o, s)] for o, s in pieces[0]]
-    for layer in range(num_layers):
-        w_ref, b_ref = param_refs[2 * layer], param_refs[2 * layer + 1]
-        out = []
-        for out_offset, out_size in pieces[layer + 1]:
-            acc = jnp.broadcast_to(
-                b_ref[pl.ds(out_offset, out_size)][None, :], (h[0].shape[0], out_size)
-            )
-            for (in_offset, in_size), h_chunk in zip(pieces[layer], h, strict=True):
-                w = w_ref[pl.ds(in_offset, in_size), pl.ds(out_offset, out_size)]
-                acc = acc + jnp.dot(h_chunk.astype(dot_dtype), w,
-                                    preferred_element_type=jnp.float32)
-            out.append(activation(acc) if layer < num_layers - 1 else acc)
-        h = out
+    h = _network([x_ref[:, pl.ds(o, s)] for o, s in pieces[0]], param_refs, pieces, activation,
+                 dot_dtype)
     for (offset, size), h_chunk in zip(pieces[-1], h, strict=True):
         out_ref[:, pl.ds(offset, size)] = h_chunk
 

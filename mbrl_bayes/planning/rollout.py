@@ -21,10 +21,15 @@ a ``lax.scan``. How particles meet functions is the *propagation* mode:
 ============  =====================================================================================
 
 Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
-terminating transition itself is collected. Recurrent models (with ``initial_carry``) get their
-per-row history state threaded through the horizon, starting at ``obs0`` from ``initial_carry``
-(one state per function draw: the real history summarized by that draw; see
-:class:`~mbrl_bayes.planning.MPC`) or from the zero state.
+terminating transition itself is collected. Models with a whole-horizon kernel
+(``model.has_rollout_kernel``, e.g. ``FusedMLPConfig(whole_horizon=True)`` on GPUs) run the
+fixed-assignment modes' (``ts_inf``, ``thompson``, ``optimistic``) horizon as one
+``model.rollout_states`` call, with the same noise; rewards and terminations then follow for all
+steps at once, as they never feed back into the dynamics.
+
+Recurrent models (with ``initial_carry``) get their per-row history state threaded through the
+horizon, starting at ``obs0`` from ``initial_carry`` (one state per function draw: the real
+history summarized by that draw; see :class:`~mbrl_bayes.planning.MPC`) or from the zero state.
 """
 
 from __future__ import annotations
@@ -279,13 +284,13 @@ def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
         ret, alive = _accumulate(ret, alive, reward, done)
         return (tr.next_obs, ret, alive, history), tr.next_obs
 
-    init = (
-        jnp.broadcast_to(obs0, (k, rows, obs0.shape[-1])),
-        jnp.zeros((k, rows), jnp.float32),
-        jnp.ones((k, rows), bool),
-        _initial_carry(ctx, rows),
-    )
-    (_, ret, _, _), states = _scan(ctx, body, init)
+    obs_rows = jnp.broadcast_to(obs0, (k, rows, obs0.shape[-1]))
+    if getattr(ctx.model, "has_rollout_kernel", False) and not ctx.recurrent:
+        ret, states = _rollout_kernel(ctx, obs_rows, pk)
+    else:
+        init = (obs_rows, jnp.zeros((k, rows), jnp.float32), jnp.ones((k, rows), bool),
+                _initial_carry(ctx, rows))
+        (_, ret, _, _), states = _scan(ctx, body, init)
 
     def to_particles(x):  # [k, N * pk, ...] -> [N, P, ...] with p = j * k + i
         x = x.reshape((k, n, pk) + x.shape[2:])
@@ -296,6 +301,26 @@ def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
     if states is not None:  # [H, k, rows, d] -> [N, P, H, d]
         traj = to_particles(jnp.moveaxis(states, 0, 2))
     return to_particles(ret), traj
+
+
+def _rollout_kernel(ctx: _Context, obs_rows: jax.Array, pk: int):
+    """``_rollout_fixed``'s horizon as one call of the model's ``rollout_states`` (one kernel
+    launch); rewards and terminations, which do not feed back into the dynamics, follow for all
+    steps at once. Returns the returns [k, rows] and the states [H, k, rows, d] (or None)."""
+    k, rows, _ = obs_rows.shape
+    horizon, n, act_dim = ctx.acts.shape
+    act = jnp.broadcast_to(ctx.acts[None, :, :, None, :], (k, horizon, n, pk, act_dim))
+    act = act.reshape(k, horizon, rows, act_dim)
+    next_obs, learned = ctx.model.rollout_states(ctx.params, ctx.fns, ctx.keys, obs_rows, act)
+    obs = jnp.concatenate([obs_rows[:, None], next_obs[:, :-1]], axis=1)  # [k, H, rows, d]
+    reward, done = ctx.reward_and_done(obs, act, next_obs, learned)
+    alive = jnp.ones(reward.shape, bool)
+    if done is not None:  # alive before step h: no termination in steps < h
+        survived = jnp.cumprod(~done.astype(bool), axis=1, dtype=jnp.int32).astype(bool)
+        alive = jnp.concatenate([alive[:, :1], survived[:, :-1]], axis=1)
+    ret = jnp.where(alive, reward, 0.0).sum(axis=1)
+    states = jnp.moveaxis(next_obs, 1, 0) if ctx.return_trajectory else None
+    return ret, states
 
 
 def _rollout_ts1(ctx: _Context, obs0: jax.Array, num_particles: int):

@@ -1,0 +1,189 @@
+"""Registers, spills and shared memory of the Pallas GPU kernels, compiled for a GPU without one.
+
+    pip install triton        # its compiler and ptxas build for NVIDIA GPUs on any x86-64 Linux
+    python benchmarks/triton_resources.py --out docs/results/triton_resources [--arch 90]
+
+For every kernel variant that ``benchmarks/gpu_fused.py`` times (the per-step network kernel of
+``mbrl_bayes.models.fused_mlp`` and the whole-horizon rollout kernel of
+``mbrl_bayes.models.fused_rollout``, at the ``pets_halfcheetah`` sizes), Pallas lowers the kernel
+to Triton IR on this machine (the lowering ``jax.export`` runs for CUDA); the ``triton`` package
+compiles that IR for the chosen architecture (``--arch 90``: H100/H200, ``sm_90a``) and its
+bundled ``ptxas -v`` reports what each thread needs. Per variant: registers per thread, the bytes
+spilled to local memory (stores/loads in the code), shared memory per program (over 227 KB a
+kernel cannot launch on sm_90), whether the products became Hopper ``wgmma`` instructions and
+whether ptxas had to serialize them for lack of registers.
+
+These are estimates of what XLA builds: jaxlib carries its own Triton (OpenXLA's), not the
+``triton`` package's release, with the same passes up to version drift. They rank variants
+before a GPU is available; only ``benchmarks/gpu_fused.py`` on a GPU measures speed. One JSON
+object per variant in ``DIR/resources.jsonl``, a table in ``DIR/resources.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # as XLA compiles Triton kernels
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SHARED_LIMIT_KB = 227  # per block on sm_90 (opt-in maximum)
+
+
+def _lowered_triton_ir(kernel: str, variant: tuple) -> str:
+    """The Triton IR that Pallas emits for ``kernel`` ('mlp' or 'rollout') at halfcheetah size."""
+    import jax
+    import jax.numpy as jnp
+    import planning as bench
+    from gpu_fused import config_of
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    from mbrl_bayes.models.ensemble import init_stacked_mlp
+    from mbrl_bayes.models.fused_mlp import fused_stacked_mlp, pack_stacked_mlp
+    from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
+    from mbrl_bayes.models.normalization import Normalizer
+
+    captured = []
+    lower = registration.lowering.lower_jaxpr_to_triton_module
+
+    def capture(*args, **kwargs):
+        result = lower(*args, **kwargs)
+        captured.append(result.module.operation.get_asm(enable_debug_info=False))
+        return result
+
+    cfg = bench.CONFIGS["pets_halfcheetah"]
+    d, a, k = cfg["obs_dim"], cfg["act_dim"], cfg["ensemble_size"]
+    m, horizon = cfg["population"] * cfg["particles"] // k, cfg["horizon"]
+    layers = init_stacked_mlp(jax.random.PRNGKey(0), k, (d + a,) + cfg["hidden"] + (2 * d,))
+    fused = config_of(variant, whole_horizon=kernel == "rollout")
+    if kernel == "rollout":
+        stats = {"input": Normalizer.identity(d + a), "target": Normalizer.identity(d)}
+        bounds = {"max": jnp.zeros((d,)), "min": jnp.zeros((d,))}
+        run = functools.partial(fused_rollout, activation=jax.nn.silu, config=fused)
+        args = (pack_rollout(layers, stats, bounds, d, fused), jnp.zeros((k, m, d)),
+                jnp.zeros((k, horizon, m, a)), jnp.zeros((k, horizon, m, d)))
+    else:
+        run = functools.partial(fused_stacked_mlp, activation=jax.nn.silu, out_size=2 * d,
+                                config=fused)
+        args = (pack_stacked_mlp(layers, fused), jnp.zeros((k, m, d + a)))
+    registration.lowering.lower_jaxpr_to_triton_module = capture
+    try:
+        jax.export.export(
+            jax.jit(run), platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(*args)
+    finally:
+        registration.lowering.lower_jaxpr_to_triton_module = lower
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one Triton module from the lowering, got {len(captured)} "
+                           f"(has jax's Pallas lowering changed?)")
+    return captured[0]
+
+
+def parse_ptxas(log: str) -> dict:
+    """Registers and spill bytes from ``ptxas -v`` output (one entry function)."""
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if regs is None or spills is None:
+        raise ValueError(f"no register/spill report in the ptxas output: {log[-300:]!r}")
+    return {"registers": int(regs.group(1)), "spill_store_bytes": int(spills.group(1)),
+            "spill_load_bytes": int(spills.group(2)),
+            "wgmma_serialized": "wgmma.mma_async instructions are serialized" in log}
+
+
+def measure(kernel: str, variant: tuple, arch: int) -> dict:
+    """Compiles one variant; returns its resources (or the error)."""
+    import triton
+    from gpu_fused import config_of, variant_name
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    fused = config_of(variant, whole_horizon=kernel == "rollout")
+    stages = fused.num_stages  # the defaults of fused_stacked_mlp / fused_rollout
+    if stages is None:
+        stages = 1 if fused.whole_horizon and not fused.staged else 3
+    entry = {"kernel": kernel, "variant": variant_name(fused), "num_stages": stages,
+             "arch": f"sm_{arch}a"}
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "kernel.ttir")
+            with open(source, "w") as f:
+                f.write(_lowered_triton_ir(kernel, variant))
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                      options={"num_warps": fused.num_warps,
+                                               "num_stages": stages})
+            ptx = os.path.join(tmp, "kernel.ptx")
+            with open(ptx, "w") as f:
+                f.write(compiled.asm["ptx"])
+            log = subprocess.run([get_ptxas(arch).path, "-v", "--gpu-name", f"sm_{arch}a", ptx,
+                                  "-o", os.path.join(tmp, "kernel.cubin")],
+                                 capture_output=True, text=True, check=True)
+        entry.update(parse_ptxas(log.stdout + log.stderr))
+        entry.update(shared_kb=compiled.metadata.shared / 1024,
+                     wgmma="wgmma" in compiled.asm["ptx"], triton=triton.__version__)
+        entry["launches"] = entry["shared_kb"] <= SHARED_LIMIT_KB
+    except Exception as error:  # recorded, the other variants go on
+        entry["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    entry["compile_s"] = round(time.perf_counter() - start, 1)
+    return entry
+
+
+def table(entries: list) -> str:
+    lines = [f"{'kernel':<8} {'variant':<28} {'regs':>4} {'spill st/ld B':>14} "
+             f"{'smem KB':>8} {'wgmma':>6} {'serialized':>10} {'launches':>8}"]
+    for e in entries:
+        if "error" in e:
+            lines.append(f"{e['kernel']:<8} {e['variant']:<28} error: {e['error'][:80]}")
+            continue
+        spills = f"{e['spill_store_bytes']}/{e['spill_load_bytes']}"
+        lines.append(f"{e['kernel']:<8} {e['variant']:<28} {e['registers']:>4} {spills:>14} "
+                     f"{e['shared_kb']:>8.1f} {str(e['wgmma']):>6} "
+                     f"{str(e['wgmma_serialized']):>10} {str(e['launches']):>8}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="triton_resources")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability (90: H100/H200)")
+    parser.add_argument("--kernels", nargs="+", choices=["mlp", "rollout"],
+                        default=["mlp", "rollout"])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        parser.error("needs the triton package: pip install triton")
+    from gpu_fused import ROLLOUT_VARIANTS, VARIANTS
+
+    jobs = [(kernel, variant) for kernel in args.kernels
+            for variant in (VARIANTS if kernel == "mlp" else ROLLOUT_VARIANTS)]
+    os.makedirs(args.out, exist_ok=True)
+    entries = []
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.workers) as pool, \
+            open(os.path.join(args.out, "resources.jsonl"), "w") as log:
+        futures = [pool.submit(measure, kernel, variant, args.arch) for kernel, variant in jobs]
+        for future in futures:  # in job order
+            entry = future.result()
+            entries.append(entry)
+            print(json.dumps(entry), flush=True)
+            log.write(json.dumps(entry) + "\n")
+    summary = table(entries)
+    print(summary)
+    with open(os.path.join(args.out, "resources.txt"), "w") as f:
+        f.write(summary + "\n")
+
+
+if __name__ == "__main__":
+    main()

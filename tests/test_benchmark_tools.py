@@ -1,0 +1,55 @@
+"""The GPU benchmark scripts' own logic, checked on the CPU: every kernel variant they time is a
+valid configuration that ``benchmarks/planning.py``'s flags reproduce, and the offline resource
+check reads ptxas' report."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+
+import gpu_fused  # noqa: E402
+import planning  # noqa: E402
+import triton_resources  # noqa: E402
+
+# ptxas -v as the triton package's ptxas (CUDA 12.x) prints it for a spilling Pallas kernel.
+PTXAS_LOG = """ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async \
+instructions are serialized due to insufficient register resources for the function 'fused_rollout'
+ptxas info    : 28 bytes gmem
+ptxas info    : Compiling entry function 'fused_rollout' for 'sm_90a'
+ptxas info    : Function properties for fused_rollout
+    4352 bytes stack frame, 5404 bytes spill stores, 5656 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 4352 bytes cumulative stack size
+"""
+
+
+def test_parse_ptxas_report():
+    assert triton_resources.parse_ptxas(PTXAS_LOG) == {
+        "registers": 255, "spill_store_bytes": 5404, "spill_load_bytes": 5656,
+        "wgmma_serialized": True}
+    clean = PTXAS_LOG.splitlines()[1:]
+    clean[3] = "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"
+    clean[4] = "ptxas info    : Used 168 registers, used 1 barriers"
+    assert triton_resources.parse_ptxas("\n".join(clean)) == {
+        "registers": 168, "spill_store_bytes": 0, "spill_load_bytes": 0,
+        "wgmma_serialized": False}
+    with pytest.raises(ValueError, match="no register/spill report"):
+        triton_resources.parse_ptxas("ptxas fatal   : Unresolved extern function")
+
+
+@pytest.mark.parametrize("variant", gpu_fused.VARIANTS + gpu_fused.ROLLOUT_VARIANTS,
+                         ids=str)
+def test_each_variant_round_trips_through_the_planning_flags(variant):
+    cfg = gpu_fused.config_of(variant)
+    assert cfg.whole_horizon == isinstance(variant, dict)
+    flags = gpu_fused.planning_flags(cfg).split()
+    args = planning.make_parser().parse_args(["--config", "pets_halfcheetah"] + flags)
+    assert args.mlp_kernel == "pallas"
+    assert planning.fused_config(args) == cfg
+
+
+def test_variant_names_are_distinct():
+    names = [gpu_fused.variant_name(gpu_fused.config_of(v))
+             for v in gpu_fused.VARIANTS + gpu_fused.ROLLOUT_VARIANTS]
+    assert len(set(names)) == len(names)
