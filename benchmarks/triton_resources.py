@@ -9,9 +9,11 @@ For every kernel variant that ``benchmarks/gpu_fused.py`` times (the per-step ne
 to Triton IR on this machine (the lowering ``jax.export`` runs for CUDA); the ``triton`` package
 compiles that IR for the chosen architecture (``--arch 90``: H100/H200, ``sm_90a``) and its
 bundled ``ptxas -v`` reports what each thread needs. Per variant: registers per thread, the bytes
-spilled to local memory (stores/loads in the code), shared memory per program (over 227 KB a
-kernel cannot launch on sm_90), whether the products became Hopper ``wgmma`` instructions and
-whether ptxas had to serialize them for lack of registers.
+spilled to local memory, the spill instructions in the machine code (``nvdisasm``: stores
+``STL`` / loads ``LDL``; a few dozen are loop-invariant values reloaded from L1, a thousand mean
+the accumulators do not fit), shared memory per program (over 227 KB a kernel cannot launch on
+sm_90), whether the products became Hopper ``wgmma`` instructions and whether ptxas had to
+serialize them for lack of registers.
 
 These are estimates of what XLA builds: jaxlib carries its own Triton (OpenXLA's), not the
 ``triton`` package's release, with the same passes up to version drift. They rank variants
@@ -101,6 +103,15 @@ def parse_ptxas(log: str) -> dict:
             "wgmma_serialized": "wgmma.mma_async instructions are serialized" in log}
 
 
+def count_local_memory(sass: str) -> dict:
+    """Spill instructions in the machine code (``nvdisasm`` output): local-memory stores and
+    loads. Where they sit matters more than the bytes: a few stores of loop-invariant values
+    in the prologue, reloaded from L1, cost little; hundreds inside the layers mean the
+    accumulators themselves do not fit."""
+    return {"local_store_instructions": len(re.findall(r"\bSTL(?:\.\w+)*\s", sass)),
+            "local_load_instructions": len(re.findall(r"\bLDL(?:\.\w+)*\s", sass))}
+
+
 def measure(kernel: str, variant: tuple, arch: int) -> dict:
     """Compiles one variant; returns its resources (or the error)."""
     import triton
@@ -126,10 +137,14 @@ def measure(kernel: str, variant: tuple, arch: int) -> dict:
             ptx = os.path.join(tmp, "kernel.ptx")
             with open(ptx, "w") as f:
                 f.write(compiled.asm["ptx"])
-            log = subprocess.run([get_ptxas(arch).path, "-v", "--gpu-name", f"sm_{arch}a", ptx,
-                                  "-o", os.path.join(tmp, "kernel.cubin")],
+            cubin = os.path.join(tmp, "kernel.cubin")
+            ptxas = get_ptxas(arch).path
+            log = subprocess.run([ptxas, "-v", "--gpu-name", f"sm_{arch}a", ptx, "-o", cubin],
                                  capture_output=True, text=True, check=True)
+            sass = subprocess.run([os.path.join(os.path.dirname(ptxas), "nvdisasm"), "-c", cubin],
+                                  capture_output=True, text=True, check=True).stdout
         entry.update(parse_ptxas(log.stdout + log.stderr))
+        entry.update(count_local_memory(sass))
         entry.update(shared_kb=compiled.metadata.shared / 1024,
                      wgmma="wgmma" in compiled.asm["ptx"], triton=triton.__version__)
         entry["launches"] = entry["shared_kb"] <= SHARED_LIMIT_KB
@@ -140,15 +155,16 @@ def measure(kernel: str, variant: tuple, arch: int) -> dict:
 
 
 def table(entries: list) -> str:
-    lines = [f"{'kernel':<8} {'variant':<28} {'regs':>4} {'spill st/ld B':>14} "
-             f"{'smem KB':>8} {'wgmma':>6} {'serialized':>10} {'launches':>8}"]
+    lines = [f"{'kernel':<8} {'variant':<30} {'regs':>4} {'spill st/ld B':>14} "
+             f"{'STL/LDL':>9} {'smem KB':>8} {'wgmma':>6} {'serialized':>10} {'launches':>8}"]
     for e in entries:
         if "error" in e:
-            lines.append(f"{e['kernel']:<8} {e['variant']:<28} error: {e['error'][:80]}")
+            lines.append(f"{e['kernel']:<8} {e['variant']:<30} error: {e['error'][:80]}")
             continue
         spills = f"{e['spill_store_bytes']}/{e['spill_load_bytes']}"
-        lines.append(f"{e['kernel']:<8} {e['variant']:<28} {e['registers']:>4} {spills:>14} "
-                     f"{e['shared_kb']:>8.1f} {str(e['wgmma']):>6} "
+        local = f"{e['local_store_instructions']}/{e['local_load_instructions']}"
+        lines.append(f"{e['kernel']:<8} {e['variant']:<30} {e['registers']:>4} {spills:>14} "
+                     f"{local:>9} {e['shared_kb']:>8.1f} {str(e['wgmma']):>6} "
                      f"{str(e['wgmma_serialized']):>10} {str(e['launches']):>8}")
     return "\n".join(lines)
 

@@ -53,3 +53,13 @@ def test_variant_names_are_distinct():
     names = [gpu_fused.variant_name(gpu_fused.config_of(v))
              for v in gpu_fused.VARIANTS + gpu_fused.ROLLOUT_VARIANTS]
     assert len(set(names)) == len(names)
+
+
+def test_count_spill_instructions():
+    sass = """        /*0430*/                   STL [R1+0x6c], R12 ;
+        /*0e10*/                   STL.64 [R1+0x80], R68 ;
+        /*1450*/                   LDL.LU R4, [R1+0x6c] ;
+        /*1460*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*1470*/                   LDG.E R5, desc[UR4][R2.64] ;"""
+    assert triton_resources.count_local_memory(sass) == {
+        "local_store_instructions": 2, "local_load_instructions": 1}

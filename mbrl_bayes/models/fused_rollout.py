@@ -26,7 +26,8 @@ layer's weights are ``[S + A, hidden]`` (zero rows under the padding, so padded 
 reach the network), the last layer's ``[hidden, 2 S]`` (mean, then raw log-variance). Hidden
 widths are padded and chunked as in :mod:`~mbrl_bayes.models.fused_mlp`. Forward only;
 ``interpret=True`` runs it with Pallas' interpreter (how it is tested on CPUs); ``jax.vmap`` adds
-a grid axis.
+a grid axis. As with the per-step kernel, XLA's SPMD partitioner cannot split it: when the MPC
+shards candidates over several GPUs each computes the whole kernel (correct, not faster).
 """
 
 from __future__ import annotations
