@@ -279,12 +279,12 @@ def fused_stacked_mlp(
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, rows - m), (0, padded[0] - fan_in)))
     pieces = tuple(chunks(w, config.max_chunk, config.pad_to_power_of_two) for w in padded)
 
-    in_specs = [pl.BlockSpec((None, config.block_rows, padded[0]), lambda i, j: (i, j, 0))]
+    in_specs = [pl.BlockSpec((pl.squeezed, config.block_rows, padded[0]), lambda i, j: (i, j, 0))]
     operands = [x]
     draw = (lambda i: i) if draws == k else (lambda i: 0)  # one weight set shared by all draws
     for w, b in zip(packed.weights, packed.biases, strict=True):
-        in_specs.append(pl.BlockSpec((None,) + w.shape[1:], lambda i, j: (draw(i), 0, 0)))
-        in_specs.append(pl.BlockSpec((None, b.shape[1]), lambda i, j: (draw(i), 0)))
+        in_specs.append(pl.BlockSpec((pl.squeezed,) + w.shape[1:], lambda i, j: (draw(i), 0, 0)))
+        in_specs.append(pl.BlockSpec((pl.squeezed, b.shape[1]), lambda i, j: (draw(i), 0)))
         operands += [w, b]
     kernel = functools.partial(
         _mlp_kernel, pieces=pieces, activation=activation, dot_dtype=jnp.dtype(config.dot_dtype)
@@ -299,7 +299,8 @@ def fused_stacked_mlp(
         out_shape=jax.ShapeDtypeStruct((k, rows, padded[-1]), jnp.float32),
         grid=(k, rows // config.block_rows),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, config.block_rows, padded[-1]), lambda i, j: (i, j, 0)),
+        out_specs=pl.BlockSpec((pl.squeezed, config.block_rows, padded[-1]),
+                               lambda i, j: (i, j, 0)),
         compiler_params=compiler_params,
         interpret=config.interpret,
         name="fused_stacked_mlp",

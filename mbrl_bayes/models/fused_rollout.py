@@ -254,19 +254,21 @@ def fused_rollout(
         chunks(h, config.max_chunk, config.pad_to_power_of_two) for h in hidden)
     pieces += (((0, s), (s, s)) if packed.probabilistic else ((0, s),),)
 
-    per_step = lambda width: pl.BlockSpec((None, horizon, r, width), lambda i, j: (i, 0, j, 0))
-    in_specs = [pl.BlockSpec((None, r, s), lambda i, j: (i, j, 0)), per_step(a)]
+    def per_step(width):  # [k, H, rows, width] in blocks of one draw's r rows, every step
+        return pl.BlockSpec((pl.squeezed, horizon, r, width), lambda i, j: (i, 0, j, 0))
+
+    in_specs = [pl.BlockSpec((pl.squeezed, r, s), lambda i, j: (i, j, 0)), per_step(a)]
     operands = [rows_padded(obs, s), rows_padded(act, a)]
     use_noise = packed.probabilistic and noise is not None
     if use_noise:
         in_specs.append(per_step(s))
         operands.append(rows_padded(noise, s))
     for w, b in zip(packed.weights, packed.biases, strict=True):
-        in_specs += [pl.BlockSpec((None,) + w.shape[1:], lambda i, j: (i, 0, 0)),
-                     pl.BlockSpec((None, b.shape[1]), lambda i, j: (i, 0))]
+        in_specs += [pl.BlockSpec((pl.squeezed,) + w.shape[1:], lambda i, j: (i, 0, 0)),
+                     pl.BlockSpec((pl.squeezed, b.shape[1]), lambda i, j: (i, 0))]
         operands += [w, b]
     for stats in (packed.state_stats, packed.act_stats):
-        in_specs.append(pl.BlockSpec((None,) + stats.shape[1:], lambda i, j: (i, 0, 0)))
+        in_specs.append(pl.BlockSpec((pl.squeezed,) + stats.shape[1:], lambda i, j: (i, 0, 0)))
         operands.append(stats)
     in_specs.append(pl.BlockSpec((16,), lambda i, j: (0,)))
     operands.append(jnp.zeros((16,), jnp.int32))
@@ -288,7 +290,7 @@ def fused_rollout(
     if config.staged:  # each program's activations, [block_rows, widest hidden layer]
         width = max(hidden)
         out_shape.append(jax.ShapeDtypeStruct((k, rows, width), config.dot_dtype))
-        out_specs.append(pl.BlockSpec((None, r, width), lambda i, j: (i, j, 0)))
+        out_specs.append(pl.BlockSpec((pl.squeezed, r, width), lambda i, j: (i, j, 0)))
     out = pl.pallas_call(
         kernel,
         out_shape=out_shape,
