@@ -13,7 +13,7 @@ from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble
 from mbrl_bayes.models.ensemble import init_stacked_mlp
 from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.models.normalization import Normalizer
-from mbrl_bayes.planning import rollout
+from mbrl_bayes.planning import CEM, MPC, rollout
 
 HORIZON = FusedMLPConfig(block_rows=16, whole_horizon=True, interpret=True)
 STAGED = FusedMLPConfig(block_rows=16, whole_horizon=True, staged=True, interpret=True)
@@ -89,6 +89,24 @@ def test_staged_kernel_equals_the_step_by_step_rollout():
     _assert_same(*_both(plain, fused, params))
     plain, fused, params = _models(STAGED, hidden_sizes=(20,), learn_reward=True)
     _assert_same(*_both(plain, fused, params, reward=None))
+
+
+@pytest.mark.parametrize("propagation", ["ts_inf", "thompson"])
+def test_mpc_plans_as_with_the_plain_model(probabilistic, propagation):
+    """Through the MPC (one jitted call per action; for ``thompson`` the packed draw lives in
+    the episode state), the kernel gives the plain model's plan and first action."""
+    plain, fused, params = probabilistic
+    plans = []
+    for model in (plain, fused):
+        mpc = MPC(model, CEM(population_size=8, num_elites=2, num_iterations=2), _reward, None,
+                  horizon=3, num_particles=3, propagation=propagation, action_low=-1.0,
+                  action_high=1.0)
+        state = mpc.reset(params, jax.random.PRNGKey(0))
+        plan, _, _ = mpc.plan(params, state, OBS0, jax.random.PRNGKey(1))
+        action, _ = mpc.act(params, state, OBS0, jax.random.PRNGKey(1))
+        np.testing.assert_allclose(action, plan[0], atol=1e-6)
+        plans.append(np.asarray(plan))
+    np.testing.assert_allclose(plans[1], plans[0], atol=1e-5)
 
 
 def test_first_step_draws_the_noise_of_transition(probabilistic):
