@@ -1,26 +1,26 @@
-"""The fused Pallas/Triton MLP kernel against XLA's products, on a GPU, in one call.
+"""The fused Pallas/Triton kernels against XLA's products, on a GPU, in one call.
 
     python benchmarks/gpu_fused.py --out DIR            # on a machine with a GPU
     python benchmarks/gpu_fused.py --out DIR --smoke    # tiny shapes, Pallas interpreter (CPU)
 
-1. **One model step** of the ``pets_halfcheetah`` network (5 draws x 2000 rows, 24 -> 4 x 200
+1. **Seconds per action** of ``benchmarks/planning.py``'s planner for both configurations (the
+   target first) with XLA's products, each whole-horizon rollout kernel variant
+   (``ROLLOUT_VARIANTS``: the whole horizon in one launch, ``mbrl_bayes.models.fused_rollout``)
+   and the per-step kernel (``STEP_PLANNER_VARIANTS``), timed in alternating rounds; and how
+   far each planner's rollout objectives (64 candidates) are from the XLA planner's, and
+   whether it picks the same best candidate. Variants that fail to build are recorded with
+   their error; those not built within ``--planner-budget-s`` are skipped.
+2. **One model step** of the ``pets_halfcheetah`` network (5 draws x 2000 rows, 24 -> 4 x 200
    SiLU -> 36): a chain of 150 steps in one jitted call (each step's input is the previous
    output, as in a rollout), XLA's products (cuBLAS, the toolkit's default; also with bfloat16
-   operands, for comparison) and each kernel
-   variant (rows per program, warps, operand dtype): microseconds per step, compile seconds, and
-   the relative error of one step against float64 on the host. Variants that fail to compile are
-   recorded with their error and skipped.
-2. **Seconds per action** of ``benchmarks/planning.py``'s planner for both configurations with
-   XLA's products, each whole-horizon rollout kernel variant (``ROLLOUT_VARIANTS``: the whole
-   horizon in one launch, ``mbrl_bayes.models.fused_rollout``) and the fastest per-step kernel
-   variant of each operand dtype, timed in alternating rounds; and how far each planner's
-   rollout objectives (64 candidates) are from the XLA planner's. Variants that fail to build
-   are recorded with their error.
+   operands, for comparison) and each per-step kernel variant (``VARIANTS``: rows per program,
+   warps, operand dtype) within ``--budget-s``: microseconds per step, compile seconds, and the
+   relative error of one step against float64 on the host.
 
-One JSON object per measurement in ``DIR/fused.jsonl``; a summary table is printed last (also in
-``DIR/fused_summary.txt``); the fastest variant of each dtype as ``benchmarks/planning.py`` flags
-in ``DIR/best_<dtype>_flags.txt``, the fastest kernel planner's in
-``DIR/best_planner_flags.txt``.
+One JSON object per measurement in ``DIR/fused.jsonl``; a summary table after each part (also
+in ``DIR/fused_summary.txt``); the fastest kernel planner as ``benchmarks/planning.py`` flags in
+``DIR/best_planner_flags.txt``, the fastest per-step variant of each dtype in
+``DIR/best_<dtype>_flags.txt``.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ ROLLOUT_VARIANTS = [
     dict(block_rows=64, num_warps=8, dot_dtype="float32", staged=True),
     dict(block_rows=64, num_warps=4, dot_dtype="float32"),
 ]
+
+
+# The per-step kernel in the planner runs: float32 (XLA's precision) and the 16-bit layout with
+# the fewest spills.
+STEP_PLANNER_VARIANTS = [(64, 4, "float32", 64, False), (128, 8, "bfloat16", 64, False)]
 
 
 def config_of(variant, whole_horizon: bool = False, interpret: bool = False) -> FusedMLPConfig:
@@ -249,16 +254,69 @@ def main(argv=None) -> None:
         log.write(json.dumps(entry) + "\n")
         log.flush()
 
+    device = f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
+    step_results, planner_records = {}, []
+
+    def write_summary() -> None:  # after each part, so that a cut-off run still reports
+        lines = [f"fused kernels, {device}", "", f"{'planner':<50} {'ms/action':>9} "
+                 f"{'median':>8} {'obj diff':>9} {'same best':>9} {'compile s':>9}"]
+        for r in planner_records:
+            if "ms_per_action" not in r:
+                lines.append(f"{r['config'] + ' ' + r['variant']:<50} "
+                             f"{r.get('error') or r.get('skipped')}"[:140])
+                continue
+            lines.append(f"{r['config'] + ' ' + r['variant']:<50} {r['ms_per_action']:9.2f} "
+                         f"{r['ms_median']:8.2f} {r['objective_rel_diff_vs_xla']:9.2e} "
+                         f"{str(r['same_best_candidate']):>9} {r['compile_s']:9.1f}")
+        lines += ["", f"{'one step (halfcheetah net)':<36} {'us/step':>9} {'TFLOP/s':>8} "
+                  f"{'rel err':>9} {'compile s':>9}"]
+        for name, r in step_results.items():
+            lines.append(f"{name:<36} {r['us_per_step']:9.1f} {r['tflops']:8.1f} "
+                         f"{r['rel_error']:9.2e} {r['compile_s']:9.1f}")
+        summary = "\n".join(lines)
+        print(summary, flush=True)
+        with open(os.path.join(args.out, "fused_summary.txt"), "w") as f:
+            f.write(summary + "\n")
+
+    # 1. The planners, the target: XLA, each whole-horizon variant (it removes the per-step
+    # launches), then the per-step kernel with float32 and with its least-spilling 16-bit layout.
+    planner_variants = {"xla": None}
+    rollout_variants = ROLLOUT_VARIANTS[:2] if args.smoke else ROLLOUT_VARIANTS
+    for variant in rollout_variants + STEP_PLANNER_VARIANTS:
+        fused = config_of(variant, interpret=args.smoke)
+        planner_variants[variant_name(fused)] = fused
+    deadline = time.perf_counter() + args.planner_budget_s
+    for config in ("pets_halfcheetah", "pets_cartpole"):
+        try:
+            for entry in planner_runs(config, planner_variants, rounds=2 if args.smoke else 3,
+                                      actions=1 if args.smoke else 4, smoke=args.smoke,
+                                      deadline=deadline):
+                record(entry)
+                planner_records.append(entry)
+        except Exception as error:
+            record({"part": "planner", "config": config,
+                    "error": f"{type(error).__name__}: {str(error)[:300]}"})
+            traceback.print_exc(limit=3)
+    timed = [r for r in planner_records if r["config"] == "pets_halfcheetah"
+             and r["variant"] != "xla" and "ms_per_action" in r]
+    if timed:  # the fastest kernel planner, for the profile step of gpu_session.sh
+        fastest = min(timed, key=lambda r: r["ms_per_action"])
+        with open(os.path.join(args.out, "best_planner_flags.txt"), "w") as f:
+            f.write(planning_flags(planner_variants[fastest["variant"]]) + "\n")
+    write_summary()
+
+    # 2. One model step of the per-step kernel's variants against XLA's products.
     cfg = bench.CONFIGS["pets_halfcheetah"]
     steps = 3 if args.smoke else args.steps
-    variants = [VARIANTS[i] for i in (0, 3, 8)] if args.smoke else VARIANTS
     start = time.perf_counter()
-    step_results = {"xla": step_chain(cfg, None, steps, args.smoke)}
+    step_results["xla"] = step_chain(cfg, None, steps, args.smoke)
     record({"part": "step", "variant": "xla", **step_results["xla"]})
-    xla_16bit = step_chain(cfg, "bfloat16", steps, args.smoke)  # for comparison, not planned
-    record({"part": "step", "variant": "xla bfloat16 operands", **xla_16bit})
+    # XLA's products with 16-bit operands, for comparison (not planned).
+    step_results["xla bfloat16 operands"] = step_chain(cfg, "bfloat16", steps, args.smoke)
+    record({"part": "step", "variant": "xla bfloat16 operands",
+            **step_results["xla bfloat16 operands"]})
     configs = {}
-    for variant in variants:
+    for variant in [VARIANTS[i] for i in (0, 3, 11)] if args.smoke else VARIANTS:
         fused = config_of(variant, interpret=args.smoke)
         name = variant_name(fused)
         if time.perf_counter() - start > args.budget_s:
@@ -272,61 +330,14 @@ def main(argv=None) -> None:
             record({"part": "step", "variant": name, "error": f"{type(error).__name__}: "
                     f"{str(error)[:300]}"})
             traceback.print_exc(limit=3)
-
-    # The whole-horizon kernel first (it removes the per-step launches), then the fastest
-    # per-step kernel of each operand dtype.
-    planner_variants = {"xla": None}
-    for variant in ROLLOUT_VARIANTS[:2] if args.smoke else ROLLOUT_VARIANTS:
-        fused = config_of(variant, interpret=args.smoke)
-        planner_variants[variant_name(fused)] = fused
     for dtype in ("float32", "bfloat16", "float16"):
         candidates = [(r["us_per_step"], n) for n, r in step_results.items()
-                      if n != "xla" and configs[n].dot_dtype == dtype]
+                      if n in configs and configs[n].dot_dtype == dtype]
         if candidates:
             _, name = min(candidates)
-            planner_variants[name] = configs[name]
             with open(os.path.join(args.out, f"best_{dtype}_flags.txt"), "w") as f:
                 f.write(planning_flags(configs[name]) + "\n")
-    planner_records = []
-    deadline = time.perf_counter() + args.planner_budget_s
-    for config in ("pets_halfcheetah", "pets_cartpole"):
-        try:
-            for entry in planner_runs(config, planner_variants, rounds=2 if args.smoke else 3,
-                                      actions=1 if args.smoke else 4, smoke=args.smoke,
-                                      deadline=deadline):
-                record(entry)
-                planner_records.append(entry)
-        except Exception as error:
-            record({"part": "planner", "config": config,
-                    "error": f"{type(error).__name__}: {str(error)[:300]}"})
-            traceback.print_exc(limit=3)
-
-    timed = [r for r in planner_records if r["config"] == "pets_halfcheetah"
-             and r["variant"] != "xla" and "ms_per_action" in r]
-    if timed:  # the fastest kernel planner, for the profile step of gpu_session.sh
-        fastest = min(timed, key=lambda r: r["ms_per_action"])
-        with open(os.path.join(args.out, "best_planner_flags.txt"), "w") as f:
-            f.write(planning_flags(planner_variants[fastest["variant"]]) + "\n")
-    lines = [f"fused MLP kernel, {jax.devices()[0].device_kind}, jax {jax.__version__}",
-             "", f"{'one step (halfcheetah net)':<36} {'us/step':>9} {'TFLOP/s':>8} "
-             f"{'rel err':>9} {'compile s':>9}"]
-    for name, r in [("xla bfloat16 operands", xla_16bit)] + list(step_results.items()):
-        lines.append(f"{name:<36} {r['us_per_step']:9.1f} {r['tflops']:8.1f} "
-                     f"{r['rel_error']:9.2e} {r['compile_s']:9.1f}")
-    lines += ["", f"{'planner':<50} {'ms/action':>9} {'median':>8} {'obj diff':>9} "
-              f"{'same best':>9} {'compile s':>9}"]
-    for r in planner_records:
-        if "ms_per_action" not in r:
-            lines.append(f"{r['config'] + ' ' + r['variant']:<50} "
-                         f"{r.get('error') or r.get('skipped')}"[:140])
-            continue
-        lines.append(f"{r['config'] + ' ' + r['variant']:<50} {r['ms_per_action']:9.2f} "
-                     f"{r['ms_median']:8.2f} {r['objective_rel_diff_vs_xla']:9.2e} "
-                     f"{str(r['same_best_candidate']):>9} {r['compile_s']:9.1f}")
-    summary = "\n".join(lines)
-    print(summary)
-    with open(os.path.join(args.out, "fused_summary.txt"), "w") as f:
-        f.write(summary + "\n")
+    write_summary()
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 #   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm,pytest,iniconfig,pluggy,packaging}* .gpuwhl/
 # and add /.gpuwhl/ to .git/info/exclude; run with carry [".gpuwhl"].
 # MODE=fused (default): the Pallas/Triton kernels against XLA's products (benchmarks/gpu_fused.py:
-#   per-step network kernel variants, then planners with the whole-horizon rollout kernel and
-#   the per-step kernel), a per-kernel profile of the fastest kernel planner, then the kernels'
-#   and the rollout's tests on the GPU. About 8 minutes at most; run it with timeout_s 600.
+#   planners with the whole-horizon rollout kernel and the per-step kernel first, then one-step
+#   timings of the per-step kernel's variants), a per-kernel profile of the fastest kernel
+#   planner, then the kernels' and the rollout's tests on the GPU. About 8 minutes at most; run
+#   it with timeout_s 600.
 # MODE=all: also benchmarks/gpu_variants.py and benchmarks/gpu_check.py (XLA options, precision,
 #   unrolling; their results from session 3 are in docs/results/gpu_h100/).
 # OUT is the folder for results (default ./gpu_out). Checking the script on a CPU:
@@ -25,7 +26,7 @@ if [ "$WHEELS" != none ]; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used,temperature.gpu --format=csv
-timeout 300 python3 benchmarks/gpu_fused.py --out "$OUT" --budget-s 80 --planner-budget-s 130 \
+timeout 300 python3 benchmarks/gpu_fused.py --out "$OUT" --planner-budget-s 150 --budget-s 70 \
   $FUSED_ARGS > "$OUT/fused.log" 2>&1
 echo "gpu_fused rc=$?"
 if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_planner_flags.txt" ]; then
