@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHARED_LIMIT_KB = 227  # per block on sm_90 (opt-in maximum)
 
 
-def _lowered_triton_ir(kernel: str, variant: tuple) -> str:
+def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
     """The Triton IR that Pallas emits for ``kernel`` ('mlp' or 'rollout') at halfcheetah size."""
     import jax
     import jax.numpy as jnp
@@ -112,7 +112,7 @@ def count_local_memory(sass: str) -> dict:
             "local_load_instructions": len(re.findall(r"\bLDL(?:\.\w+)*\s", sass))}
 
 
-def measure(kernel: str, variant: tuple, arch: int) -> dict:
+def measure(kernel: str, variant: tuple | dict, arch: int) -> dict:
     """Compiles one variant; returns its resources (or the error)."""
     import triton
     from gpu_fused import config_of, variant_name

@@ -187,19 +187,19 @@ def _barrier(interpret: bool) -> None:
         pl_triton.debug_barrier()
 
 
-def _staged_dense(scratch_ref, base, in_width, w_ref, b_ref, out_pieces, dot_dtype, zero,
+def _staged_dense(scratch_ref, in_width, w_ref, b_ref, out_pieces, dot_dtype, zero,
                   k_chunk: int = 64) -> List[jax.Array]:
-    """One layer whose input ``[rows, in_width]`` sits in memory, columns ``base`` on of
-    ``scratch_ref``: a loop over ``k_chunk``-wide input slices, each multiplied into every
-    output piece, then the remaining (power-of-two) slices. Triton software-pipelines the loop's
-    loads (``num_stages``), so only the output pieces' accumulators stay in registers."""
+    """One layer whose input ``[rows, in_width]`` sits in memory (``scratch_ref``): a loop over
+    ``k_chunk``-wide input slices, each multiplied into every output piece, then the remaining
+    (power-of-two) slices. Triton software-pipelines the loop's loads (``num_stages``), so only
+    the output pieces' accumulators stay in registers."""
     from jax.experimental import pallas as pl
 
     rows = scratch_ref.shape[0]
     accs = tuple(jnp.broadcast_to(b_ref[pl.ds(o, n)][None, :], (rows, n)) for o, n in out_pieces)
 
     def product(accs, offset, size):
-        a = scratch_ref[:, pl.ds(base + offset, size)]
+        a = scratch_ref[:, pl.ds(offset, size)]
         return tuple(acc + jnp.dot(a, w_ref[pl.ds(offset, size), pl.ds(o, n)],
                                    preferred_element_type=jnp.float32)
                      for acc, (o, n) in zip(accs, out_pieces, strict=True))
@@ -232,8 +232,8 @@ def _staged_network(h, scratch_ref, param_refs, pieces, activation, dot_dtype, z
             scratch_ref[:, pl.ds(offset, size)] = activation(chunk).astype(dot_dtype)
         _barrier(interpret)  # ... and sees all of this layer's
         width = sum(size for _, size in pieces[layer])
-        h = _staged_dense(scratch_ref, 0, width, param_refs[2 * layer],
-                          param_refs[2 * layer + 1], pieces[layer + 1], dot_dtype, zero)
+        h = _staged_dense(scratch_ref, width, param_refs[2 * layer], param_refs[2 * layer + 1],
+                          pieces[layer + 1], dot_dtype, zero)
     return h
 
 
