@@ -1,6 +1,6 @@
 """Registers, spills and shared memory of the Pallas GPU kernels, compiled for a GPU without one.
 
-    pip install triton        # its compiler and ptxas build for NVIDIA GPUs on any x86-64 Linux
+    pip install -e '.[triton]'   # Triton's compiler, ptxas, nvdisasm: any x86-64 Linux machine
     python benchmarks/triton_resources.py --out docs/results/triton_resources [--arch 90]
 
 For every kernel variant that ``benchmarks/gpu_fused.py`` times (the per-step network kernel of
@@ -180,7 +180,7 @@ def main(argv=None) -> None:
     try:
         import triton  # noqa: F401
     except ImportError:
-        parser.error("needs the triton package: pip install triton")
+        parser.error("needs the triton package: pip install -e '.[triton]' (or pip install triton)")
     from gpu_fused import ROLLOUT_VARIANTS, VARIANTS
 
     jobs = [(kernel, variant) for kernel in args.kernels
