@@ -207,11 +207,13 @@ def test_compiled_rollout_kernel_on_a_gpu(dot_dtype, staged, tolerance):
     params = plain.fit_stats(plain.init(jax.random.PRNGKey(0), data["obs"], data["act"]), data)
     key = jax.random.PRNGKey(1)
     actions = jax.random.uniform(jax.random.PRNGKey(2), (100, 10, 6), minval=-1, maxval=1)
-    with jax.default_matmul_precision("highest"):
-        out = [jax.jit(lambda p, f, m=m: rollout(m, p, f, jnp.zeros(18), actions, _reward, None,
-                                                 key, num_particles=20,
-                                                 return_trajectory=True))(
-                   params, m.sample_functions(params, key, 5)) for m in (plain, fused)]
-    expected, got = (np.asarray(r.trajectory) for r in out)
+    def states(model):
+        run = jax.jit(lambda p, f: rollout(model, p, f, jnp.zeros(18), actions, _reward, None,
+                                           key, num_particles=20, return_trajectory=True))
+        return np.asarray(run(params, model.sample_functions(params, key, 5)).trajectory)
+
+    with jax.default_matmul_precision("highest"):  # XLA's products in true float32
+        expected = states(plain)
+    got = states(fused)  # the kernel at the planner's precision
     error = np.abs(got - expected).max() / np.abs(expected).max()
     assert error < tolerance, error
