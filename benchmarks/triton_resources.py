@@ -13,7 +13,8 @@ spilled to local memory, the spill instructions in the machine code (``nvdisasm`
 ``STL`` / loads ``LDL``; a few dozen are loop-invariant values reloaded from L1, a thousand mean
 the accumulators do not fit), shared memory per program (over 227 KB a kernel cannot launch on
 sm_90), whether the products became Hopper ``wgmma`` instructions and whether ptxas had to
-serialize them for lack of registers.
+serialize them for lack of registers, and the occupancy that follows on an H100/H200 (132 SMs):
+programs in the grid, programs resident per SM, and the waves the grid takes.
 
 These are estimates of what XLA builds: jaxlib carries its own Triton (OpenXLA's), not the
 ``triton`` package's release, with the same passes up to version drift. They rank variants
@@ -40,6 +41,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHARED_LIMIT_KB = 227  # per block on sm_90 (opt-in maximum)
+# An H100/H200 (sm_90): streaming multiprocessors and per-SM limits.
+NUM_SMS, SM_REGISTERS, SM_SHARED_KB, SM_WARPS, SM_BLOCKS = 132, 65536, 228, 64, 32
+
+
+def occupancy(registers: int, num_warps: int, shared_kb: float, programs: int) -> dict:
+    """Programs resident per SM (the tightest of registers, shared memory, warps) and the waves
+    ``programs`` take on an H100/H200. Registers are allocated per warp in units of 256 (8 per
+    thread); each block also reserves 1 KB of shared memory."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = SM_REGISTERS // (per_warp * num_warps)
+    by_shared = int(SM_SHARED_KB // (shared_kb + 1.0))
+    per_sm = min(by_registers, by_shared, SM_WARPS // num_warps, SM_BLOCKS)
+    waves = -(-programs // (NUM_SMS * per_sm)) if per_sm else None
+    return {"programs": programs, "programs_per_sm": per_sm, "waves": waves}
 
 
 def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
@@ -90,6 +105,15 @@ def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
         raise RuntimeError(f"expected one Triton module from the lowering, got {len(captured)} "
                            f"(has jax's Pallas lowering changed?)")
     return captured[0]
+
+
+def _programs(fused) -> int:
+    """The kernel's grid size at the pets_halfcheetah planning size: draws x row blocks."""
+    import planning as bench
+
+    cfg = bench.CONFIGS["pets_halfcheetah"]
+    rows = cfg["population"] * cfg["particles"] // cfg["ensemble_size"]
+    return cfg["ensemble_size"] * -(-rows // fused.block_rows)
 
 
 def parse_ptxas(log: str) -> dict:
@@ -148,6 +172,8 @@ def measure(kernel: str, variant: tuple | dict, arch: int) -> dict:
         entry.update(shared_kb=compiled.metadata.shared / 1024,
                      wgmma="wgmma" in compiled.asm["ptx"], triton=triton.__version__)
         entry["launches"] = entry["shared_kb"] <= SHARED_LIMIT_KB
+        entry.update(occupancy(entry["registers"], fused.num_warps, entry["shared_kb"],
+                               _programs(fused)))
     except Exception as error:  # recorded, the other variants go on
         entry["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     entry["compile_s"] = round(time.perf_counter() - start, 1)
@@ -156,7 +182,8 @@ def measure(kernel: str, variant: tuple | dict, arch: int) -> dict:
 
 def table(entries: list) -> str:
     lines = [f"{'kernel':<8} {'variant':<30} {'regs':>4} {'spill st/ld B':>14} "
-             f"{'STL/LDL':>9} {'smem KB':>8} {'wgmma':>6} {'serialized':>10} {'launches':>8}"]
+             f"{'STL/LDL':>9} {'smem KB':>8} {'wgmma':>6} {'serialized':>10} {'launches':>8} "
+             f"{'programs':>8} {'per SM':>6} {'waves':>5}"]
     for e in entries:
         if "error" in e:
             lines.append(f"{e['kernel']:<8} {e['variant']:<30} error: {e['error'][:80]}")
@@ -165,7 +192,8 @@ def table(entries: list) -> str:
         local = f"{e['local_store_instructions']}/{e['local_load_instructions']}"
         lines.append(f"{e['kernel']:<8} {e['variant']:<30} {e['registers']:>4} {spills:>14} "
                      f"{local:>9} {e['shared_kb']:>8.1f} {str(e['wgmma']):>6} "
-                     f"{str(e['wgmma_serialized']):>10} {str(e['launches']):>8}")
+                     f"{str(e['wgmma_serialized']):>10} {str(e['launches']):>8} "
+                     f"{e['programs']:>8} {e['programs_per_sm']:>6} {str(e['waves']):>5}")
     return "\n".join(lines)
 
 

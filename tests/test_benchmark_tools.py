@@ -63,3 +63,15 @@ def test_count_spill_instructions():
         /*1470*/                   LDG.E R5, desc[UR4][R2.64] ;"""
     assert triton_resources.count_local_memory(sass) == {
         "local_store_instructions": 2, "local_load_instructions": 1}
+
+
+@pytest.mark.parametrize("registers, warps, shared_kb, programs, per_sm, waves", [
+    (255, 4, 8.0, 160, 2, 1),  # 256 x 128 registers per block: two fit in 64K
+    (255, 8, 16.0, 80, 1, 1),
+    (255, 4, 30.0, 315, 2, 2),  # 315 programs > 2 x 132 slots: a second, partial wave
+    (128, 4, 60.0, 160, 3, 1),  # registers would allow 4; shared memory allows 3
+    (168, 4, 8.0, 400, 3, 2),  # 168 x 32 = 5376 registers per warp: 65536 // (4 x 5376) = 3
+])
+def test_occupancy(registers, warps, shared_kb, programs, per_sm, waves):
+    out = triton_resources.occupancy(registers, warps, shared_kb, programs)
+    assert out == {"programs": programs, "programs_per_sm": per_sm, "waves": waves}
