@@ -80,7 +80,7 @@ def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
 
     cfg = bench.CONFIGS["pets_halfcheetah"]
     d, a, k = cfg["obs_dim"], cfg["act_dim"], cfg["ensemble_size"]
-    m, horizon = cfg["population"] * cfg["particles"] // k, cfg["horizon"]
+    m, horizon = _rows_per_draw(), cfg["horizon"]
     layers = init_stacked_mlp(jax.random.PRNGKey(0), k, (d + a,) + cfg["hidden"] + (2 * d,))
     fused = config_of(variant, whole_horizon=kernel == "rollout")
     if kernel == "rollout":
@@ -107,13 +107,20 @@ def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
     return captured[0]
 
 
+def _rows_per_draw() -> int:
+    """Particle rows per function draw when planning pets_halfcheetah (2000)."""
+    import planning as bench
+
+    cfg = bench.CONFIGS["pets_halfcheetah"]
+    return cfg["population"] * cfg["particles"] // cfg["ensemble_size"]
+
+
 def _programs(fused) -> int:
     """The kernel's grid size at the pets_halfcheetah planning size: draws x row blocks."""
     import planning as bench
 
-    cfg = bench.CONFIGS["pets_halfcheetah"]
-    rows = cfg["population"] * cfg["particles"] // cfg["ensemble_size"]
-    return cfg["ensemble_size"] * -(-rows // fused.block_rows)
+    return bench.CONFIGS["pets_halfcheetah"]["ensemble_size"] * -(-_rows_per_draw()
+                                                                  // fused.block_rows)
 
 
 def parse_ptxas(log: str) -> dict:

@@ -157,6 +157,11 @@ def test_bad_use_is_a_one_line_error(probabilistic):
         fused_rollout(packed, obs, jnp.zeros((3, 2, 4, 5)), None, jnp.tanh, HORIZON)
     with pytest.raises(ValueError, match="rows for 2 draws; the packed weights hold 3"):
         fused_rollout(packed, obs[:2], act[:2], None, jnp.tanh, HORIZON)
+    linear = init_stacked_mlp(jax.random.PRNGKey(0), 3, (5, 6))
+    stats = {"input": Normalizer.identity(5), "target": Normalizer.identity(3)}
+    bounds = {"max": jnp.zeros(3), "min": jnp.zeros(3)}
+    with pytest.raises(ValueError, match="needs at least one hidden layer"):
+        pack_rollout(linear, stats, bounds, 3, HORIZON)
     with pytest.raises(ValueError, match="staged applies to the whole-horizon kernel"):
         FusedMLPConfig(staged=True)
     with pytest.raises(ValueError, match="num_stages must be >= 1"):

@@ -44,9 +44,12 @@ from mbrl_bayes.models.fused_mlp import (
     FusedMLPConfig,
     _network,
     _staged_network,
+    _width,
     chunks,
+    pack_stacked_mlp,
     padded_width,
 )
+from mbrl_bayes.models.gaussian import bounded_variance
 
 # Rows of ``PackedRollout.state_stats``.
 _OBS_MEAN, _OBS_STD, _TARGET_MEAN, _TARGET_STD, _KEEP, _LOGVAR_MAX, _VAR_MIN = range(7)
@@ -113,32 +116,34 @@ def pack_rollout(
     if act_dim < 1 or target_dim < obs_dim:
         raise ValueError(f"layers take {in_dim} inputs and give {target_dim} targets; expected "
                          f"obs_dim={obs_dim} + act_dim >= 1 inputs and >= obs_dim targets.")
+    if len(layers) < 2:
+        raise ValueError("the rollout kernel needs at least one hidden layer, got a linear model.")
     s, a = padded_width(target_dim, True), padded_width(act_dim, True)
-    dtype = config.dot_dtype
+    first, middle, last = layers[0], layers[1:-1], layers[-1]
 
-    def hidden_width(n):
-        return padded_width(n, config.pad_to_power_of_two)
-
-    first, last = layers[0], layers[-1]
-    h1 = hidden_width(first["w"].shape[-1])
+    # First layer: state rows [0, obs_dim), action rows [S, S + act_dim), zero elsewhere.
+    h1 = _width(first["w"].shape[-1], config)
     w_in = jnp.zeros((k, s + a, h1), jnp.float32)
     w_in = w_in.at[:, :obs_dim, : first["w"].shape[-1]].set(first["w"][:, :obs_dim])
     w_in = w_in.at[:, s : s + act_dim, : first["w"].shape[-1]].set(first["w"][:, obs_dim:])
     weights, biases = [w_in], [_pad_to(first["b"], h1)]
-    for layer in layers[1:]:
-        fan_in, fan_out = layer["w"].shape[-2:]
-        width = s if layer is last else hidden_width(fan_out)
-        w = jnp.pad(layer["w"], ((0, 0), (0, hidden_width(fan_in) - fan_in), (0, 0)))
-        b = layer["b"]
-        if layer is last and probabilistic:  # [mean | raw log-variance], each padded to S
-            w = jnp.concatenate([_pad_to(w[..., :target_dim], s), _pad_to(w[..., target_dim:], s)],
-                                axis=-1)
-            b = jnp.concatenate([_pad_to(b[..., :target_dim], s), _pad_to(b[..., target_dim:], s)],
-                                axis=-1)
-        else:
-            w, b = _pad_to(w, width), _pad_to(b, width)
-        weights.append(w)
-        biases.append(b)
+    if middle:  # hidden to hidden: padded as for the per-step kernel
+        hidden = pack_stacked_mlp(middle, config)
+        weights += hidden.weights
+        biases += hidden.biases
+    # Last layer: [mean | raw log-variance], each padded to S columns.
+    fan_in = last["w"].shape[-2]
+    w = jnp.pad(last["w"], ((0, 0), (0, _width(fan_in, config) - fan_in), (0, 0)))
+    b = last["b"]
+    if probabilistic:
+        w = jnp.concatenate([_pad_to(w[..., :target_dim], s), _pad_to(w[..., target_dim:], s)],
+                            axis=-1)
+        b = jnp.concatenate([_pad_to(b[..., :target_dim], s), _pad_to(b[..., target_dim:], s)],
+                            axis=-1)
+    else:
+        w, b = _pad_to(w, s), _pad_to(b, s)
+    weights.append(w)
+    biases.append(b)
 
     inputs, targets = stats["input"], stats["target"]
     rows = [
@@ -156,7 +161,8 @@ def pack_rollout(
                            _pad_to(inputs.std[obs_dim:], a, 1.0)])
     act_stats = jnp.broadcast_to(act_stats.astype(jnp.float32), (k, 2, a))
     return PackedRollout(
-        tuple(w.astype(dtype) for w in weights), tuple(b.astype(jnp.float32) for b in biases),
+        tuple(w.astype(config.dot_dtype) for w in weights),
+        tuple(b.astype(jnp.float32) for b in biases),
         state_stats, act_stats, int(obs_dim), int(act_dim), int(target_dim), probabilistic,
     )
 
@@ -196,9 +202,7 @@ def _rollout_kernel(obs_ref, act_ref, *refs, pieces, activation, dot_dtype, hori
             out = _network(x, param_refs, pieces, activation, dot_dtype, zero)
         if noisy:
             mean, raw = out
-            var = var_min + jnp.exp(jnp.minimum(raw, logvar_max)) / (
-                1.0 + jnp.exp(-jnp.abs(raw - logvar_max)))
-            out = mean + jnp.sqrt(var) * noise_ref[t]
+            out = mean + jnp.sqrt(bounded_variance(raw, logvar_max, var_min)) * noise_ref[t]
         else:
             (out,) = out
         next_obs = obs * keep + (out * target_std + target_mean)

@@ -62,6 +62,22 @@ def _softplus_jvp(primals, tangents):
     return softplus(x), jax.nn.sigmoid(x) * dx
 
 
+def bounded_variance(raw: jax.Array, logvar_max: jax.Array, var_min: jax.Array) -> jax.Array:
+    """The PETS-bounded variance ``exp(logvar)`` of raw log-variances ``raw`` [..., t], with two
+    ``exp`` and no ``log``; ``logvar_max`` and ``var_min = exp(logvar_min)`` broadcast against it.
+
+    With ``logvar = min + softplus(max - softplus(max - raw) - min)``,
+    ``exp(logvar) = exp(min) + exp(max) / (1 + exp(max - raw))``
+    ``= exp(min) + exp(min(raw, max)) / (1 + exp(-|raw - max|))`` (no overflow for any ``raw``).
+    Equal to the log-variance route up to float32 rounding; the planner computes it for every
+    particle, step and dimension, where the route through two softplus and an ``exp`` (three
+    ``exp``, two ``log``) cost ~2x more. Plain ``jnp``, so the fused rollout kernel uses it too.
+    """
+    return var_min + jnp.exp(jnp.minimum(raw, logvar_max)) / (
+        1.0 + jnp.exp(-jnp.abs(raw - logvar_max))
+    )
+
+
 def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callable:
     if callable(activation):
         return activation
@@ -234,21 +250,9 @@ class GaussianDynamics(abc.ABC):
         return bounds["min"] + softplus(logvar - bounds["min"])
 
     def _bounded_std(self, params: Params, raw: jax.Array) -> jax.Array:
-        """``exp(0.5 * _bounded_logvar(params, raw))``, with two ``exp`` and no ``log``.
-
-        With ``logvar = min + softplus(max - softplus(max - raw) - min)``,
-        ``exp(logvar) = exp(min) + exp(max) / (1 + exp(max - raw))``
-        ``= exp(min) + exp(min(raw, max)) / (1 + exp(-|raw - max|))`` (no overflow for any
-        ``raw``). Equal to the log-variance route up to float32 rounding; the planner computes
-        it for every particle, step and dimension, where the route through two softplus and an
-        ``exp`` (three ``exp``, two ``log``) cost ~2x more.
-        """
+        """``exp(0.5 * _bounded_logvar(params, raw))`` (see :func:`bounded_variance`)."""
         bounds = params["logvar_bounds"]
-        top = bounds["max"]
-        var = jnp.exp(bounds["min"]) + jnp.exp(jnp.minimum(raw, top)) / (
-            1.0 + jnp.exp(-jnp.abs(raw - top))
-        )
-        return jnp.sqrt(var)
+        return jnp.sqrt(bounded_variance(raw, bounds["max"], jnp.exp(bounds["min"])))
 
     def _standardized_outputs(
         self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array, act: jax.Array
