@@ -25,7 +25,9 @@ class ModelConfig:
     ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): ``"step"`` (or ``true``) plans with
     each step's network run as one Pallas/Triton kernel, ``"horizon"`` with each rollout's whole
     horizon as one kernel launch (``ts_inf``/``thompson``/``optimistic``; the other propagation
-    modes keep XLA's products); ``mbrl_bayes.models.FusedMLPConfig`` defaults otherwise.
+    modes keep XLA's products), ``"mosaic"`` with that whole-horizon kernel written for Pallas'
+    Mosaic GPU backend (Hopper and later; bfloat16 operands, 128 rows per block);
+    ``mbrl_bayes.models.FusedMLPConfig`` defaults otherwise.
     """
 
     name: str = "pe"
@@ -42,7 +44,7 @@ class ModelConfig:
     fused_kernel: bool | str = False
 
 
-FUSED_KERNELS = ("step", "horizon")
+FUSED_KERNELS = ("step", "horizon", "mosaic")
 
 
 def fused_kernel_kind(model: ModelConfig) -> Optional[str]:

@@ -22,6 +22,9 @@ def fused_mlp_config(cfg: ModelConfig):
     kind = fused_kernel_kind(cfg)
     if kind is None:
         return None
+    if kind == "mosaic":
+        return models.FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
+                                     backend="mosaic")
     return models.FusedMLPConfig(whole_horizon=kind == "horizon")
 
 

@@ -5,7 +5,8 @@
 
 1. **Seconds per action** of ``benchmarks/planning.py``'s planner for both configurations (the
    target first) with XLA's products, each whole-horizon rollout kernel variant
-   (``ROLLOUT_VARIANTS``: the whole horizon in one launch, ``mbrl_bayes.models.fused_rollout``)
+   (``ROLLOUT_VARIANTS``: the whole horizon in one launch, ``mbrl_bayes.models.mosaic_rollout``
+   on Mosaic GPU and ``mbrl_bayes.models.fused_rollout`` on Triton)
    and the per-step kernel (``STEP_PLANNER_VARIANTS``), timed in alternating rounds; and how
    far each planner's rollout objectives (64 candidates) are from the XLA planner's, and
    whether it picks the same best candidate. Variants that fail to build are recorded with
@@ -59,9 +60,13 @@ VARIANTS = [
     (64, 8, "float32", 64, False), (128, 4, "bfloat16", 64, False),
 ]
 # The whole-horizon rollout kernel's variants (``FusedMLPConfig`` arguments besides
-# ``whole_horizon=True``), timed as planners; ordered by what ``benchmarks/triton_resources.py``
+# ``whole_horizon=True``), timed as planners. The Mosaic GPU kernel first (``mosaic_rollout``:
+# explicit wgmma and TMA, no register spills to negotiate with Triton; r128 is one wave of 80
+# blocks for halfcheetah), then the Triton ones ordered by what ``benchmarks/triton_resources.py``
 # reports (one wave of programs on an H100, then fewest spills; docs/results/triton_resources/).
 ROLLOUT_VARIANTS = [
+    dict(block_rows=128, dot_dtype="bfloat16", backend="mosaic"),
+    dict(block_rows=64, dot_dtype="bfloat16", backend="mosaic"),
     dict(block_rows=64, num_warps=4, dot_dtype="bfloat16", staged=True, num_stages=2),
     dict(block_rows=64, num_warps=4, dot_dtype="bfloat16", staged=True),
     dict(block_rows=32, num_warps=4, dot_dtype="bfloat16", staged=True, num_stages=2),
@@ -95,10 +100,13 @@ def planning_flags(cfg: FusedMLPConfig) -> str:
             + (" --pad-to-power-of-two" if cfg.pad_to_power_of_two else "")
             + (" --whole-horizon" if cfg.whole_horizon else "")
             + (" --staged" if cfg.staged else "")
-            + (f" --num-stages {cfg.num_stages}" if cfg.num_stages is not None else ""))
+            + (f" --num-stages {cfg.num_stages}" if cfg.num_stages is not None else "")
+            + (f" --backend {cfg.backend}" if cfg.backend != "triton" else ""))
 
 
 def variant_name(cfg: FusedMLPConfig) -> str:
+    if cfg.backend == "mosaic":
+        return f"mosaic r{cfg.block_rows} {cfg.dot_dtype}"
     kind = ("staged" if cfg.staged else "horizon") if cfg.whole_horizon else "pallas"
     stages = f" s{cfg.num_stages}" if cfg.num_stages is not None else ""
     return (f"{kind} r{cfg.block_rows} w{cfg.num_warps} c{cfg.max_chunk}"

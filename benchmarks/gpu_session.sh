@@ -5,8 +5,9 @@
 #   bash ../shared/gpu/wheels.sh pytest iniconfig pluggy packaging
 #   mkdir -p .gpuwhl && cp .whl/{dm_haiku,jmp,tabulate,distrax,tfp_nightly,dm_tree,gast,decorator,tqdm,pytest,iniconfig,pluggy,packaging}* .gpuwhl/
 # and add /.gpuwhl/ to .git/info/exclude; run with carry [".gpuwhl"].
-# MODE=fused (default): the Pallas/Triton kernels against XLA's products (benchmarks/gpu_fused.py:
-#   planners with the whole-horizon rollout kernel and the per-step kernel first, then one-step
+# MODE=fused (default): the Pallas kernels against XLA's products (benchmarks/gpu_fused.py:
+#   planners with the whole-horizon rollout kernel (Mosaic GPU first, then Triton) and the
+#   per-step kernel first, then one-step
 #   timings of the per-step kernel's variants), a per-kernel profile of the fastest kernel
 #   planner, then the kernels' and the rollout's tests on the GPU. About 8 minutes at most; run
 #   it with timeout_s 600.

@@ -206,6 +206,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--staged", action="store_true",
                         help="whole-horizon kernel: hidden activations in memory, pipelined "
                              "layer loops")
+    parser.add_argument("--backend", choices=["triton", "mosaic"], default="triton",
+                        help="fused kernel: Pallas backend (mosaic: the whole-horizon kernel on "
+                             "Mosaic GPU, Hopper and later; with --whole-horizon)")
     parser.add_argument("--num-stages", type=int, default=None,
                         help="fused kernel: Triton pipelining stages (default: Triton's / 1)")
     return parser
@@ -216,7 +219,8 @@ def fused_config(args: argparse.Namespace) -> FusedMLPConfig:
     return FusedMLPConfig(
         block_rows=args.block_rows, num_warps=args.num_warps, dot_dtype=args.dot_dtype,
         max_chunk=args.max_chunk, pad_to_power_of_two=args.pad_to_power_of_two,
-        whole_horizon=args.whole_horizon, staged=args.staged, num_stages=args.num_stages)
+        whole_horizon=args.whole_horizon, staged=args.staged, num_stages=args.num_stages,
+        backend=args.backend)
 
 
 def main(argv=None) -> dict:

@@ -116,17 +116,20 @@ def test_config_json_round_trip(tmp_path):
         bad.validate()
 
 
-@pytest.mark.parametrize("kind, whole_horizon", [(True, False), ("step", False),
-                                                  ("horizon", True)])
-def test_fused_kernel_names_its_kernel(kind, whole_horizon):
+@pytest.mark.parametrize("kind, whole_horizon, backend", [
+    (True, False, "triton"), ("step", False, "triton"), ("horizon", True, "triton"),
+    ("mosaic", True, "mosaic")])
+def test_fused_kernel_names_its_kernel(kind, whole_horizon, backend):
     from agents.factory import fused_mlp_config
 
     assert fused_mlp_config(ModelConfig(fused_kernel=False)) is None
     cfg = fused_mlp_config(ModelConfig(fused_kernel=kind))
     assert isinstance(cfg, models.FusedMLPConfig) and cfg.whole_horizon == whole_horizon
+    assert cfg.backend == backend
     config = tiny_config()
     config.model.fused_kernel = "sideways"
-    with pytest.raises(ValueError, match="fused_kernel must be one of \\('step', 'horizon'\\)"):
+    with pytest.raises(ValueError, match="fused_kernel must be one of "
+                                         "\\('step', 'horizon', 'mosaic'\\)"):
         config.validate()
 
 

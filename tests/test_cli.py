@@ -133,6 +133,8 @@ def test_evaluate_and_plot(trained_run, tmp_path, capsys):
     (["train", "--fused-kernel", "sideways"], "invalid choice: 'sideways'"),
     pytest.param(["train", "--fused-kernel"], "fused_kernel needs a GPU",
                  marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
+    pytest.param(["train", "--fused-kernel", "mosaic"], "fused_kernel needs a GPU",
+                 marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert main(argv) == 2

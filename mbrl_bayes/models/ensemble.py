@@ -13,6 +13,7 @@ from mbrl_bayes.models.base import Batch, Functions, Params
 from mbrl_bayes.models.fused_mlp import FusedMLPConfig, fused_stacked_mlp, pack_stacked_mlp
 from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.mosaic_rollout import mosaic_rollout
 
 
 def init_stacked_mlp(key: jax.Array, num_members: int, sizes: Sequence[int]) -> list:
@@ -84,8 +85,9 @@ class ProbabilisticEnsemble(GaussianDynamics):
     ``FusedMLPConfig(whole_horizon=True)`` the draws carry the weights packed for
     :func:`~mbrl_bayes.models.fused_rollout.fused_rollout` instead, and ``rollout_states`` runs a
     fixed-assignment planning horizon as one kernel launch (``transition`` then uses XLA's
-    products). Training and ``evaluate`` use the plain products either way (the kernels have no
-    gradient).
+    products; ``backend="mosaic"``: :func:`~mbrl_bayes.models.mosaic_rollout.mosaic_rollout`
+    on Pallas' Mosaic GPU backend). Training and ``evaluate`` use the plain products either way
+    (the kernels have no gradient).
     """
 
     def __init__(
@@ -199,7 +201,8 @@ class ProbabilisticEnsemble(GaussianDynamics):
                 return sampling.normal(jax.random.split(key)[1], (k, m, self.target_dim))
 
             noise = jnp.swapaxes(jax.vmap(step_noise)(keys), 0, 1)  # [k, H, m, t]
-        out = fused_rollout(fns["rollout"], obs, act, noise, self.activation, self.fused_mlp)
+        kernel = mosaic_rollout if self.fused_mlp.backend == "mosaic" else fused_rollout
+        out = kernel(fns["rollout"], obs, act, noise, self.activation, self.fused_mlp)
         reward = out[..., self.obs_dim] if self.learns_reward else None
         return out[..., : self.obs_dim], reward
 

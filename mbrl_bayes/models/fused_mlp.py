@@ -79,6 +79,11 @@ class FusedMLPConfig:
             buffer (L1/L2) instead of registers, and run each layer as a loop over 64-wide
             input slices that Triton software-pipelines over ``num_stages`` (default 3; 1
             otherwise): fewer registers, weight loads overlapped with the products.
+        backend: ``"triton"`` (Pallas' Triton backend, the kernels above) or ``"mosaic"``
+            (``whole_horizon`` only: :mod:`~mbrl_bayes.models.mosaic_rollout`, Pallas' Mosaic
+            GPU backend for Hopper and later, 16-bit ``dot_dtype``, ``block_rows`` a multiple of
+            64; ``num_warps``, ``num_stages``, ``max_chunk`` and ``staged`` are Triton's and do
+            not apply). JAX 0.11 deprecated the Triton backend.
         interpret: run with the Pallas interpreter (CPUs, tests) instead of compiling for a GPU.
     """
 
@@ -90,6 +95,7 @@ class FusedMLPConfig:
     pad_to_power_of_two: bool = False
     whole_horizon: bool = False
     staged: bool = False
+    backend: str = "triton"
     interpret: bool = False
 
     def __post_init__(self):
@@ -108,6 +114,18 @@ class FusedMLPConfig:
             raise ValueError(
                 f"dot_dtype must be 'float32', 'bfloat16' or 'float16', got {self.dot_dtype!r}."
             )
+        if self.backend not in ("triton", "mosaic"):
+            raise ValueError(f"backend must be 'triton' or 'mosaic', got {self.backend!r}.")
+        if self.backend == "mosaic":
+            if not self.whole_horizon or self.staged:
+                raise ValueError("the Mosaic GPU backend runs the whole-horizon kernel: "
+                                 "whole_horizon=True, staged=False.")
+            if self.dot_dtype == "float32":
+                raise ValueError("the Mosaic GPU kernel multiplies 16-bit operands: dot_dtype "
+                                 "'bfloat16' or 'float16'.")
+            if self.block_rows % 64:
+                raise ValueError(f"the Mosaic GPU kernel needs block_rows a multiple of 64, got "
+                                 f"{self.block_rows}.")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["weights", "biases"],

@@ -1,0 +1,286 @@
+"""A PETS ensemble's whole planning horizon in one GPU kernel on Pallas' Mosaic GPU backend.
+
+The same computation as :func:`~mbrl_bayes.models.fused_rollout.fused_rollout` (read its module
+docstring for the per-step formulas), written for the backend JAX develops for Hopper and later
+GPUs: JAX 0.11 deprecated Pallas' Triton backend ("will be removed in a future version"), and
+Mosaic GPU gives explicit control of what Triton decides on its own, which matters here because
+the Triton kernel spends all 255 registers and spills (``benchmarks/triton_resources.py``).
+
+One CUDA block (one warpgroup, 128 threads) takes ``block_rows`` particles of one draw through
+all ``horizon`` steps:
+
+- the particles' state stays in registers (float32, the accumulator layout) from step to step;
+- each step, every layer's weights stream from global memory (L2) into one shared-memory slot by
+  TMA, and the next layer's copy is issued as soon as the tensor cores have read the slot, so it
+  overlaps the bias, activation and write-back of the current layer;
+- each layer is one ``wgmma`` (16-bit operands from shared memory, float32 accumulation) on the
+  whole ``[block_rows, width]`` block; the activations go back to shared memory in the operand
+  dtype as the next layer's left operand;
+- the step's actions and noise arrive by TMA one step ahead; the next state leaves by TMA.
+
+Layout (``pack_mosaic``): every layer is padded to one square ``[D, D]`` block, ``D`` the widest
+of ``S + A``, the hidden widths and ``2 S`` (``S``, ``A``: the state and action widths of
+:class:`~mbrl_bayes.models.fused_rollout.PackedRollout`, multiples of 16), so that one slot and
+one TMA shape serve every layer; the first layer multiplies only its ``S + A`` real rows and the
+last only its ``2 S`` real columns. Zero padding keeps padded units out of the outputs for any
+activation. The actions are standardized by XLA before the launch (they are known in advance).
+
+Forward only, 16-bit operands only (``dot_dtype`` bfloat16 or float16), ``block_rows`` a
+multiple of 64 (the ``wgmma`` row group). ``interpret=True`` runs the kernel with Mosaic GPU's
+interpreter, which is how it is tested on CPUs; ``jax.export`` for CUDA lowers it on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mbrl_bayes.models.fused_mlp import FusedMLPConfig
+from mbrl_bayes.models.fused_rollout import (
+    _KEEP,
+    _LOGVAR_MAX,
+    _OBS_MEAN,
+    _OBS_STD,
+    _TARGET_MEAN,
+    _TARGET_STD,
+    _VAR_MIN,
+    PackedRollout,
+)
+from mbrl_bayes.models.gaussian import bounded_variance
+
+_ROW_GROUP = 64  # rows of one wgmma instruction group
+_OPERAND_SWIZZLE = 32  # bytes: 16 16-bit elements, so every multiple-of-16 width tiles exactly
+SHARED_MEMORY_LIMIT = 227 * 1024  # bytes of shared memory one block may use on an H100/H200
+# Options of Mosaic GPU's interpreter (``InterpretGPUParams``) when ``config.interpret``; the
+# tests set ``detect_races=True``.
+INTERPRET_OPTIONS: dict = {}
+
+
+def square_width(packed: PackedRollout) -> int:
+    """``D``: the side of the square block every layer is padded to."""
+    s, a = packed.state_width, packed.act_width
+    hidden = [w.shape[-1] for w in packed.weights[:-1]]
+    return max([s + a, packed.weights[-1].shape[-1]] + hidden)
+
+
+def pack_mosaic(packed: PackedRollout) -> tuple[jax.Array, jax.Array]:
+    """``packed``'s layers as ``[k, L, D, D]`` weights (dot dtype) and ``[k, L, 32 * ceil(D / 32)]``
+    float32 biases, zero-padded (see the module docstring)."""
+    d = square_width(packed)
+    weights = [jnp.pad(w, ((0, 0), (0, d - w.shape[1]), (0, d - w.shape[2])))
+               for w in packed.weights]
+    # TMA moves multiples of 128 bytes: the bias rows are padded to 32 float32.
+    bias_width = 32 * math.ceil(d / 32)
+    biases = [jnp.pad(b, ((0, 0), (0, bias_width - b.shape[1]))) for b in packed.biases]
+    return jnp.stack(weights, axis=1), jnp.stack(biases, axis=1)
+
+
+def shared_memory_bytes(packed: PackedRollout, config: FusedMLPConfig) -> int:
+    """Shared memory one block of :func:`mosaic_rollout` allocates: the weight slot, the
+    activations, the state and action operands, the state and noise tiles, biases, statistics."""
+    d, s, a, r = square_width(packed), packed.state_width, packed.act_width, config.block_rows
+    dot = jnp.dtype(config.dot_dtype).itemsize
+    layers = len(packed.weights)
+    return (d * d * dot + r * d * dot + r * (s + a) * dot + 2 * r * s * 4
+            + layers * 32 * math.ceil(d / 32) * 4 + 8 * s * 4 + 6 * 8)
+
+
+def _tiled(width: int, dtype) -> tuple:
+    """Tiling and swizzle transforms for a ``[rows, width]`` shared-memory buffer."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    itemsize = jnp.dtype(dtype).itemsize
+    swizzle = _OPERAND_SWIZZLE if itemsize == 2 else min(128, width * itemsize)
+    return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
+def mosaic_rollout(
+    packed: PackedRollout,
+    obs: jax.Array,
+    act: jax.Array,
+    noise: Optional[jax.Array],
+    activation: Callable[[jax.Array], jax.Array],
+    config: FusedMLPConfig,
+) -> jax.Array:
+    """Draw ``i`` of ``packed`` rolled out from ``obs[i]`` under ``act[i]``, in one launch.
+
+    Same arguments and result as :func:`~mbrl_bayes.models.fused_rollout.fused_rollout`:
+    ``obs`` [k, m, d], ``act`` [k, H, m, a] (unstandardized), ``noise`` [k, H, m, t] or None;
+    returns [k, H, m, t].
+    """
+    from jax import lax
+    from jax.experimental import pallas as pl  # imported on use: it costs ~1 s at startup
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    if config.backend != "mosaic":
+        raise ValueError(f"mosaic_rollout runs FusedMLPConfig(backend='mosaic'), got "
+                         f"backend={config.backend!r}.")
+    k, m, d = obs.shape
+    horizon = act.shape[1]
+    if d != packed.obs_dim or act.shape != (k, horizon, m, packed.act_dim):
+        raise ValueError(f"mosaic_rollout expects obs [k, m, {packed.obs_dim}] and act "
+                         f"[k, H, m, {packed.act_dim}]; got {obs.shape} and {act.shape}.")
+    if packed.state_stats.shape[0] != k:
+        raise ValueError(f"obs has rows for {k} draws; the packed weights hold "
+                         f"{packed.state_stats.shape[0]}.")
+    t = packed.target_dim
+    if noise is not None and noise.shape != (k, horizon, m, t):
+        raise ValueError(f"noise must have shape {(k, horizon, m, t)}, got {noise.shape}.")
+    smem = shared_memory_bytes(packed, config)
+    if smem > SHARED_MEMORY_LIMIT:
+        raise ValueError(f"mosaic_rollout needs {smem} bytes of shared memory per block with "
+                         f"block_rows={config.block_rows}; a Hopper block has "
+                         f"{SHARED_MEMORY_LIMIT}: use fewer block_rows.")
+    dtype = jnp.dtype(config.dot_dtype)
+    s, a, r = packed.state_width, packed.act_width, config.block_rows
+    rows = r * math.ceil(m / r)
+    width = square_width(packed)
+    num_layers = len(packed.weights)
+    use_noise = packed.probabilistic and noise is not None
+    weights, biases = pack_mosaic(packed)
+    weights = weights.astype(dtype)
+
+    def padded(x, width, steps=0):  # [..., (H,) m, w] -> [..., (H + steps,) rows, width]
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, rows - m), (0, width - x.shape[-1])]
+        if steps:
+            pad[1] = (0, steps)
+        return jnp.pad(x, pad)
+
+    act_mean = packed.act_stats[:, None, None, 0, : packed.act_dim]
+    act_std = packed.act_stats[:, None, None, 1, : packed.act_dim]
+    # One spare step at the end: the kernel prefetches step t + 1's inputs unconditionally.
+    act_in = padded(((act - act_mean) / act_std).astype(dtype), a, steps=1)
+    operands = [padded(obs.astype(jnp.float32), s), act_in]
+    if use_noise:
+        operands.append(padded(noise.astype(jnp.float32), s, steps=1))
+    operands += [weights, biases, packed.state_stats]
+    hidden_layers = range(1, num_layers - 1)
+    heads = ((0, s), (s, s)) if use_noise else ((0, s),)
+
+    def kernel(*refs):
+        obs_g, act_g = refs[:2]
+        noise_g = refs[2] if use_noise else None
+        w_g, b_g, stats_g, out_g = refs[-4:]
+        draw, block = lax.axis_index("draw"), lax.axis_index("block")
+        block_rows = pl.ds(block * r, r)
+
+        def scoped(w_smem, h_smem, x_smem, a_smem, io_smem, n_smem, b_smem, stats_smem,
+                   w_bar, a_bar, n_bar, init_bar):
+            plgpu.copy_gmem_to_smem(b_g.at[draw], b_smem, init_bar.at[0])
+            plgpu.copy_gmem_to_smem(stats_g.at[draw], stats_smem, init_bar.at[1])
+            plgpu.copy_gmem_to_smem(obs_g.at[draw, block_rows], io_smem, init_bar.at[2])
+            plgpu.copy_gmem_to_smem(w_g.at[draw, 0], w_smem, w_bar)
+            plgpu.copy_gmem_to_smem(act_g.at[draw, 0, block_rows], a_smem, a_bar)
+            if use_noise:
+                plgpu.copy_gmem_to_smem(noise_g.at[draw, 0, block_rows], n_smem, n_bar)
+            for i in range(3):
+                plgpu.barrier_wait(init_bar.at[i])
+
+            column = plgpu.Layout.WGMMA.reduce(0)
+
+            def cast(x, layout):  # layouts mean nothing to (and are unknown in) the interpreter
+                return x if config.interpret else plgpu.layout_cast(x, layout)
+
+            def stat(row):  # [S] column statistics, broadcast against [block_rows, S]
+                vec = cast(stats_smem[row], column)
+                return lax.broadcast_in_dim(vec, (r, s), [1])
+
+            def bias(layer, start, size):
+                vec = cast(b_smem[layer, pl.ds(start, size)], column)
+                return lax.broadcast_in_dim(vec, (r, size), [1])
+
+            def product(pairs, cols):  # sum of lhs @ rhs over pairs, float32 [r, cols]
+                def run(acc):
+                    for lhs, rhs in pairs:
+                        plgpu.wgmma(acc, lhs, rhs)
+                    return acc[...]
+                return pl.run_scoped(run, plgpu.ACC((r, cols), jnp.float32))
+
+            def next_weights(step, layer):  # the slot is free once the last product is read
+                nxt = layer + 1
+                if nxt == num_layers:
+                    plgpu.copy_gmem_to_smem(w_g.at[draw, 0], w_smem, w_bar)
+                else:
+                    plgpu.copy_gmem_to_smem(w_g.at[draw, nxt], w_smem, w_bar)
+
+            def step(i, state):
+                xs = (state - stat(_OBS_MEAN)) / stat(_OBS_STD)
+                x_smem[...] = xs.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.barrier_wait(w_bar)
+                plgpu.barrier_wait(a_bar)
+                h = product([(x_smem, w_smem.at[pl.ds(0, s)]),
+                             (a_smem, w_smem.at[pl.ds(s, a)])], width)
+                next_weights(i, 0)
+                plgpu.copy_gmem_to_smem(act_g.at[draw, i + 1, block_rows], a_smem, a_bar)
+                h_smem[...] = activation(h + bias(0, 0, width)).astype(dtype)
+                plgpu.commit_smem()
+                for layer in hidden_layers:
+                    plgpu.barrier_wait(w_bar)
+                    h = product([(h_smem, w_smem)], width)
+                    next_weights(i, layer)
+                    h_smem[...] = activation(h + bias(layer, 0, width)).astype(dtype)
+                    plgpu.commit_smem()
+                plgpu.barrier_wait(w_bar)
+                last = num_layers - 1
+                outs = [product([(h_smem, w_smem.at[:, pl.ds(start, size)])], size)
+                        + bias(last, start, size) for start, size in heads]
+                next_weights(i, last)
+                if use_noise:
+                    plgpu.barrier_wait(n_bar)
+                    eps = n_smem[...]
+                    plgpu.commit_smem()  # every thread has read the noise before TMA refills it
+                    plgpu.copy_gmem_to_smem(noise_g.at[draw, i + 1, block_rows], n_smem, n_bar)
+                    mean, raw = outs
+                    var = bounded_variance(raw, stat(_LOGVAR_MAX), stat(_VAR_MIN))
+                    out = mean + var * lax.rsqrt(var) * eps
+                else:
+                    out = outs[0]
+                nxt = state * stat(_KEEP) + (out * stat(_TARGET_STD) + stat(_TARGET_MEAN))
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's copy read
+                io_smem[...] = nxt
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(io_smem, out_g.at[draw, i, block_rows])
+                return nxt
+
+            state = io_smem[...]
+            lax.fori_loop(0, horizon, step, state)
+            # Drain the copies issued for the spare step before the block exits.
+            plgpu.barrier_wait(w_bar)
+            plgpu.barrier_wait(a_bar)
+            if use_noise:
+                plgpu.barrier_wait(n_bar)
+            plgpu.wait_smem_to_gmem(0)
+
+        pl.run_scoped(
+            scoped,
+            plgpu.SMEM((width, width), dtype, transforms=_tiled(width, dtype)),
+            plgpu.SMEM((r, width), dtype, transforms=_tiled(width, dtype)),
+            plgpu.SMEM((r, s), dtype, transforms=_tiled(s, dtype)),
+            plgpu.SMEM((r, a), dtype, transforms=_tiled(a, dtype)),
+            plgpu.SMEM((r, s), jnp.float32, transforms=_tiled(s, jnp.float32)),
+            plgpu.SMEM((r, s), jnp.float32, transforms=_tiled(s, jnp.float32)),
+            plgpu.SMEM(biases.shape[1:], jnp.float32),
+            plgpu.SMEM((8, s), jnp.float32),
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=3),
+        )
+
+    interpret = None
+    if config.interpret:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+        interpret = InterpretGPUParams(**INTERPRET_OPTIONS)
+    out = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((k, horizon, rows, s), jnp.float32),
+        grid=(k, rows // r),
+        grid_names=("draw", "block"),
+        interpret=interpret,
+    )(*operands)
+    return out[:, :, :m, :t]
