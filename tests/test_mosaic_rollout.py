@@ -150,14 +150,19 @@ def _halfcheetah(obs_dim=18, act_dim=6, k=5, config=None):
 
 
 def test_square_packing_keeps_every_layer():
-    """Every layer padded into one [D, D] block (D = 208 at halfcheetah widths), zeros around."""
+    """The first and hidden layers padded into one [D, D] block (D = 208 at halfcheetah widths),
+    the output layer to D rows, zeros around."""
     packed = _halfcheetah()
-    weights, biases = pack_mosaic(packed)
-    assert weights.shape == (5, 5, 208, 208) and biases.shape == (5, 5, 224)
-    for layer, w in enumerate(packed.weights):
-        np.testing.assert_array_equal(weights[:, layer, : w.shape[1], : w.shape[2]], w)
-        assert float(jnp.abs(weights[:, layer, w.shape[1]:]).sum()) == 0.0
-        assert float(jnp.abs(weights[:, layer, :, w.shape[2]:]).sum()) == 0.0
+    weights, last, biases = pack_mosaic(packed)
+    assert weights.shape == (5, 4, 208, 208) and last.shape == (5, 208, 64)
+    assert biases.shape == (5, 5, 224)
+    blocks = [weights[:, layer] for layer in range(4)] + [last]
+    for block, w, b, padded in zip(blocks, packed.weights, packed.biases, biases.swapaxes(0, 1)):
+        np.testing.assert_array_equal(block[:, : w.shape[1], : w.shape[2]], w)
+        assert float(jnp.abs(block[:, w.shape[1]:]).sum()) == 0.0
+        assert float(jnp.abs(block[:, :, w.shape[2]:]).sum()) == 0.0
+        np.testing.assert_array_equal(padded[:, : b.shape[1]], b)
+        assert float(jnp.abs(padded[:, b.shape[1]:]).sum()) == 0.0
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="lowering compiles it on a GPU")
@@ -178,6 +183,25 @@ def test_mosaic_kernel_lowers_for_cuda(obs_dim, act_dim, block_rows):
       jnp.zeros((k, horizon, m, obs_dim)))
     assert exported.mlir_module().count("stablehlo.custom_call @mosaic_gpu_v2") == 1
     assert exported.out_avals[0].shape == (k, horizon, m, obs_dim)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="lowering compiles it on a GPU")
+def test_shared_memory_count_is_mosaics_own(monkeypatch):
+    """``shared_memory_bytes`` counts what Mosaic GPU allocates: with its limit one byte lower,
+    the lowering refuses the kernel and names the same size."""
+    from jax.experimental.mosaic.gpu import core
+
+    if not hasattr(core, "_SMEM_SIZE_BOUND"):
+        pytest.skip("this Mosaic GPU has no shared-memory bound to lower")
+    cfg = FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
+                         backend="mosaic")
+    packed = _halfcheetah(config=cfg)
+    size = shared_memory_bytes(packed, cfg)
+    monkeypatch.setattr(core, "_SMEM_SIZE_BOUND", size - 1)
+    run = functools.partial(mosaic_rollout, activation=jax.nn.silu, config=cfg)
+    with pytest.raises(Exception, match=f"smem_bytes={size} >"):
+        jax.export.export(jax.jit(run), platforms=["cuda"])(
+            packed, jnp.zeros((5, 100, 18)), jnp.zeros((5, 3, 100, 6)), None)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -10,20 +10,24 @@ One CUDA block (one warpgroup, 128 threads) takes ``block_rows`` particles of on
 all ``horizon`` steps:
 
 - the particles' state stays in registers (float32, the accumulator layout) from step to step;
-- each step, every layer's weights stream from global memory (L2) into one shared-memory slot by
-  TMA, and the next layer's copy is issued as soon as the tensor cores have read the slot, so it
-  overlaps the bias, activation and write-back of the current layer;
+- each step, the first and hidden layers' weights stream from global memory (L2) into one
+  shared-memory slot by TMA (the first layer's real ``S + A`` rows only), and the next layer's
+  copy is issued as soon as the tensor cores have read the slot, so it overlaps the bias,
+  activation and write-back of the current layer; the output layer's weights, small, stay in
+  shared memory for the whole horizon;
 - each layer is one ``wgmma`` (16-bit operands from shared memory, float32 accumulation) on the
   whole ``[block_rows, width]`` block; the activations go back to shared memory in the operand
   dtype as the next layer's left operand;
 - the step's actions and noise arrive by TMA one step ahead; the next state leaves by TMA.
 
-Layout (``pack_mosaic``): every layer is padded to one square ``[D, D]`` block, ``D`` the widest
-of ``S + A``, the hidden widths and ``2 S`` (``S``, ``A``: the state and action widths of
-:class:`~mbrl_bayes.models.fused_rollout.PackedRollout`, multiples of 16), so that one slot and
-one TMA shape serve every layer; the first layer multiplies only its ``S + A`` real rows and the
-last only its ``2 S`` real columns. Zero padding keeps padded units out of the outputs for any
-activation. The actions are standardized by XLA before the launch (they are known in advance).
+Layout (``pack_mosaic``): the first and hidden layers are padded to one square ``[D, D]`` block,
+``D`` the widest of ``S + A`` and the hidden widths (``S``, ``A``: the state and action widths of
+:class:`~mbrl_bayes.models.fused_rollout.PackedRollout`, multiples of 16), so that one slot
+serves them all; the output layer to ``[D, out]``. Zero padding keeps padded units out of the
+outputs for any activation. The actions are standardized by XLA before the launch (they are
+known in advance). At the PETS halfcheetah widths a 128-row block uses 218,168 of the 232,448
+bytes of shared memory a Hopper block may have (``shared_memory_bytes``; more rows are refused
+with a one-line error).
 
 Forward only, 16-bit operands only (``dot_dtype`` bfloat16 or float16), ``block_rows`` a
 multiple of 64 (the ``wgmma`` row group). ``interpret=True`` runs the kernel with Mosaic GPU's
@@ -60,32 +64,41 @@ INTERPRET_OPTIONS: dict = {}
 
 
 def square_width(packed: PackedRollout) -> int:
-    """``D``: the side of the square block every layer is padded to."""
+    """``D``: the side of the square block the first and hidden layers are padded to."""
     s, a = packed.state_width, packed.act_width
-    hidden = [w.shape[-1] for w in packed.weights[:-1]]
-    return max([s + a, packed.weights[-1].shape[-1]] + hidden)
+    return max([s + a] + [w.shape[-1] for w in packed.weights[:-1]])
 
 
-def pack_mosaic(packed: PackedRollout) -> tuple[jax.Array, jax.Array]:
-    """``packed``'s layers as ``[k, L, D, D]`` weights (dot dtype) and ``[k, L, 32 * ceil(D / 32)]``
-    float32 biases, zero-padded (see the module docstring)."""
-    d = square_width(packed)
-    weights = [jnp.pad(w, ((0, 0), (0, d - w.shape[1]), (0, d - w.shape[2])))
-               for w in packed.weights]
+def _bias_width(packed: PackedRollout) -> int:
     # TMA moves multiples of 128 bytes: the bias rows are padded to 32 float32.
-    bias_width = 32 * math.ceil(d / 32)
-    biases = [jnp.pad(b, ((0, 0), (0, bias_width - b.shape[1]))) for b in packed.biases]
-    return jnp.stack(weights, axis=1), jnp.stack(biases, axis=1)
+    widest = max(square_width(packed), packed.weights[-1].shape[-1])
+    return 32 * math.ceil(widest / 32)
+
+
+def pack_mosaic(packed: PackedRollout) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``packed``'s layers zero-padded for :func:`mosaic_rollout`: the first and hidden layers
+    as ``[k, L - 1, D, D]`` weights, the output layer as ``[k, D, out]`` (dot dtype), and
+    ``[k, L, 32 * ceil(max(D, out) / 32)]`` float32 biases."""
+    d, width = square_width(packed), _bias_width(packed)
+    weights = [jnp.pad(w, ((0, 0), (0, d - w.shape[1]), (0, d - w.shape[2])))
+               for w in packed.weights[:-1]]
+    last = packed.weights[-1]
+    last = jnp.pad(last, ((0, 0), (0, d - last.shape[1]), (0, 0)))
+    biases = [jnp.pad(b, ((0, 0), (0, width - b.shape[1]))) for b in packed.biases]
+    return jnp.stack(weights, axis=1), last, jnp.stack(biases, axis=1)
 
 
 def shared_memory_bytes(packed: PackedRollout, config: FusedMLPConfig) -> int:
-    """Shared memory one block of :func:`mosaic_rollout` allocates: the weight slot, the
-    activations, the state and action operands, the state and noise tiles, biases, statistics."""
+    """Shared memory one block of :func:`mosaic_rollout` allocates, each buffer aligned to 1 KB
+    as Mosaic GPU allocates them: the weight slot, the resident output layer, the activations,
+    the state and action operands, the state and noise tiles, biases, statistics, and the seven
+    8-byte barriers (equal to Mosaic GPU 0.10.2's own count)."""
     d, s, a, r = square_width(packed), packed.state_width, packed.act_width, config.block_rows
     dot = jnp.dtype(config.dot_dtype).itemsize
-    layers = len(packed.weights)
-    return (d * d * dot + r * d * dot + r * (s + a) * dot + 2 * r * s * 4
-            + layers * 32 * math.ceil(d / 32) * 4 + 8 * s * 4 + 6 * 8)
+    out = packed.weights[-1].shape[-1]
+    buffers = [d * d * dot, d * out * dot, r * d * dot, r * s * dot, r * a * dot, r * s * 4,
+               r * s * 4, len(packed.weights) * _bias_width(packed) * 4, 8 * s * 4]
+    return sum(1024 * math.ceil(b / 1024) for b in buffers) + 7 * 8
 
 
 def _tiled(width: int, dtype) -> tuple:
@@ -140,8 +153,10 @@ def mosaic_rollout(
     width = square_width(packed)
     num_layers = len(packed.weights)
     use_noise = packed.probabilistic and noise is not None
-    weights, biases = pack_mosaic(packed)
-    weights = weights.astype(dtype)
+    weights, last_weights, biases = pack_mosaic(packed)
+    weights, last_weights = weights.astype(dtype), last_weights.astype(dtype)
+    out_width = last_weights.shape[-1]
+    first_rows = s + a  # the first layer's real rows: only those are copied
 
     def padded(x, width, steps=0):  # [..., (H,) m, w] -> [..., (H + steps,) rows, width]
         pad = [(0, 0)] * (x.ndim - 2) + [(0, rows - m), (0, width - x.shape[-1])]
@@ -156,27 +171,35 @@ def mosaic_rollout(
     operands = [padded(obs.astype(jnp.float32), s), act_in]
     if use_noise:
         operands.append(padded(noise.astype(jnp.float32), s, steps=1))
-    operands += [weights, biases, packed.state_stats]
+    operands += [weights, last_weights, biases, packed.state_stats]
     hidden_layers = range(1, num_layers - 1)
     heads = ((0, s), (s, s)) if use_noise else ((0, s),)
 
     def kernel(*refs):
         obs_g, act_g = refs[:2]
         noise_g = refs[2] if use_noise else None
-        w_g, b_g, stats_g, out_g = refs[-4:]
+        w_g, w_last_g, b_g, stats_g, out_g = refs[-5:]
         draw, block = lax.axis_index("draw"), lax.axis_index("block")
         block_rows = pl.ds(block * r, r)
 
-        def scoped(w_smem, h_smem, x_smem, a_smem, io_smem, n_smem, b_smem, stats_smem,
-                   w_bar, a_bar, n_bar, init_bar):
+        def scoped(w_smem, w_last_smem, h_smem, x_smem, a_smem, io_smem, n_smem, b_smem,
+                   stats_smem, w_bar, a_bar, n_bar, init_bar):
+            def load_weights(layer):  # into the slot; the first layer's real rows only
+                if layer == 0:
+                    plgpu.copy_gmem_to_smem(w_g.at[draw, 0, pl.ds(0, first_rows)],
+                                            w_smem.at[pl.ds(0, first_rows)], w_bar)
+                else:
+                    plgpu.copy_gmem_to_smem(w_g.at[draw, layer], w_smem, w_bar)
+
             plgpu.copy_gmem_to_smem(b_g.at[draw], b_smem, init_bar.at[0])
             plgpu.copy_gmem_to_smem(stats_g.at[draw], stats_smem, init_bar.at[1])
             plgpu.copy_gmem_to_smem(obs_g.at[draw, block_rows], io_smem, init_bar.at[2])
-            plgpu.copy_gmem_to_smem(w_g.at[draw, 0], w_smem, w_bar)
+            plgpu.copy_gmem_to_smem(w_last_g.at[draw], w_last_smem, init_bar.at[3])
+            load_weights(0)
             plgpu.copy_gmem_to_smem(act_g.at[draw, 0, block_rows], a_smem, a_bar)
             if use_noise:
                 plgpu.copy_gmem_to_smem(noise_g.at[draw, 0, block_rows], n_smem, n_bar)
-            for i in range(3):
+            for i in range(4):
                 plgpu.barrier_wait(init_bar.at[i])
 
             column = plgpu.Layout.WGMMA.reduce(0)
@@ -199,12 +222,10 @@ def mosaic_rollout(
                     return acc[...]
                 return pl.run_scoped(run, plgpu.ACC((r, cols), jnp.float32))
 
-            def next_weights(step, layer):  # the slot is free once the last product is read
-                nxt = layer + 1
-                if nxt == num_layers:
-                    plgpu.copy_gmem_to_smem(w_g.at[draw, 0], w_smem, w_bar)
-                else:
-                    plgpu.copy_gmem_to_smem(w_g.at[draw, nxt], w_smem, w_bar)
+            def next_weights(layer):  # the slot is free once the last product is read
+                # After the last hidden layer: the next step's first layer (the output layer's
+                # weights stay in shared memory).
+                load_weights(layer + 1 if layer + 1 < num_layers - 1 else 0)
 
             def step(i, state):
                 xs = (state - stat(_OBS_MEAN)) / stat(_OBS_STD)
@@ -214,21 +235,19 @@ def mosaic_rollout(
                 plgpu.barrier_wait(a_bar)
                 h = product([(x_smem, w_smem.at[pl.ds(0, s)]),
                              (a_smem, w_smem.at[pl.ds(s, a)])], width)
-                next_weights(i, 0)
+                next_weights(0)
                 plgpu.copy_gmem_to_smem(act_g.at[draw, i + 1, block_rows], a_smem, a_bar)
                 h_smem[...] = activation(h + bias(0, 0, width)).astype(dtype)
                 plgpu.commit_smem()
                 for layer in hidden_layers:
                     plgpu.barrier_wait(w_bar)
                     h = product([(h_smem, w_smem)], width)
-                    next_weights(i, layer)
+                    next_weights(layer)
                     h_smem[...] = activation(h + bias(layer, 0, width)).astype(dtype)
                     plgpu.commit_smem()
-                plgpu.barrier_wait(w_bar)
                 last = num_layers - 1
-                outs = [product([(h_smem, w_smem.at[:, pl.ds(start, size)])], size)
+                outs = [product([(h_smem, w_last_smem.at[:, pl.ds(start, size)])], size)
                         + bias(last, start, size) for start, size in heads]
-                next_weights(i, last)
                 if use_noise:
                     plgpu.barrier_wait(n_bar)
                     eps = n_smem[...]
@@ -258,6 +277,7 @@ def mosaic_rollout(
         pl.run_scoped(
             scoped,
             plgpu.SMEM((width, width), dtype, transforms=_tiled(width, dtype)),
+            plgpu.SMEM((width, out_width), dtype, transforms=_tiled(out_width, dtype)),
             plgpu.SMEM((r, width), dtype, transforms=_tiled(width, dtype)),
             plgpu.SMEM((r, s), dtype, transforms=_tiled(s, dtype)),
             plgpu.SMEM((r, a), dtype, transforms=_tiled(a, dtype)),
@@ -268,7 +288,7 @@ def mosaic_rollout(
             plgpu.Barrier(num_barriers=1),
             plgpu.Barrier(num_barriers=1),
             plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_barriers=3),
+            plgpu.Barrier(num_barriers=4),
         )
 
     interpret = None
