@@ -55,7 +55,6 @@ from mbrl_bayes.models.fused_rollout import (
 )
 from mbrl_bayes.models.gaussian import bounded_variance
 
-_ROW_GROUP = 64  # rows of one wgmma instruction group
 _OPERAND_SWIZZLE = 32  # bytes: 16 16-bit elements, so every multiple-of-16 width tiles exactly
 SHARED_MEMORY_LIMIT = 227 * 1024  # bytes of shared memory one block may use on an H100/H200
 # Options of Mosaic GPU's interpreter (``InterpretGPUParams``) when ``config.interpret``; the
