@@ -289,7 +289,10 @@ def main(argv=None) -> None:
     # 1. The planners, the target: XLA, each whole-horizon variant (it removes the per-step
     # launches), then the per-step kernel with float32 and with its least-spilling 16-bit layout.
     planner_variants = {"xla": None}
-    rollout_variants = ROLLOUT_VARIANTS[:2] if args.smoke else ROLLOUT_VARIANTS
+    rollout_variants = ROLLOUT_VARIANTS
+    if args.smoke:  # the first variant of each backend
+        rollout_variants = [next(v for v in ROLLOUT_VARIANTS if v.get("backend") == backend)
+                            for backend in ("mosaic", None)]
     for variant in rollout_variants + STEP_PLANNER_VARIANTS:
         fused = config_of(variant, interpret=args.smoke)
         planner_variants[variant_name(fused)] = fused
