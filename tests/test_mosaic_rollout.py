@@ -247,6 +247,19 @@ def test_too_many_rows_for_shared_memory_is_a_one_line_error():
                        jax.nn.silu, cfg)
 
 
+def test_a_pre_hopper_gpu_is_a_one_line_error(monkeypatch):
+    class Ampere:
+        compute_capability = "8.0"
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *args: [Ampere()])
+    cfg = FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
+                         backend="mosaic")
+    with pytest.raises(ValueError, match="needs a Hopper or later GPU .* got 8.0"):
+        mosaic_rollout(_halfcheetah(config=cfg), jnp.zeros((5, 10, 18)),
+                       jnp.zeros((5, 2, 10, 6)), None, jax.nn.silu, cfg)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the kernel for a GPU")
 def test_compiled_mosaic_kernel_on_a_gpu():
     """The kernel Mosaic GPU compiles gives the step-by-step planner's states (halfcheetah

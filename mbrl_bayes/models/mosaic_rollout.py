@@ -141,6 +141,11 @@ def mosaic_rollout(
     t = packed.target_dim
     if noise is not None and noise.shape != (k, horizon, m, t):
         raise ValueError(f"noise must have shape {(k, horizon, m, t)}, got {noise.shape}.")
+    if not config.interpret and jax.default_backend() == "gpu":
+        capability = getattr(jax.devices()[0], "compute_capability", "9.0")
+        if float(capability) < 9.0:
+            raise ValueError(f"the Mosaic GPU kernel needs a Hopper or later GPU (compute "
+                             f"capability >= 9.0), got {capability}: use backend='triton'.")
     smem = shared_memory_bytes(packed, config)
     if smem > SHARED_MEMORY_LIMIT:
         raise ValueError(f"mosaic_rollout needs {smem} bytes of shared memory per block with "
