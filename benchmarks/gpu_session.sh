@@ -38,8 +38,9 @@ if [ -z "$FUSED_ARGS" ] && [ -f "$OUT/best_planner_flags.txt" ]; then
     > "$OUT/profile_fused.log" 2>&1
   echo "profile rc=$?"; head -n 30 "$OUT/profile_fused.log"
 fi
-# The compiled kernels against XLA on the GPU (4 tests), then the rollout's own tests.
-timeout 75 python3 -m pytest -q -p no:cacheprovider tests/test_fused_rollout.py \
+# The compiled kernels against XLA on the GPU (6 tests, the Mosaic one first), then the
+# rollout's own tests.
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_fused_rollout.py \
   tests/test_fused_mlp.py -k on_a_gpu > "$OUT/tests.log" 2>&1
 echo "kernel tests rc=$?"; tail -n 5 "$OUT/tests.log"
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_planning_rollout.py \

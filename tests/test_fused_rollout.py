@@ -196,15 +196,18 @@ def test_rollout_kernel_lowers_for_triton():
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the kernel for a GPU")
-@pytest.mark.parametrize("dot_dtype, staged, tolerance", [
-    ("float32", False, 5e-3), ("bfloat16", False, 5e-2), ("bfloat16", True, 5e-2)])
-def test_compiled_rollout_kernel_on_a_gpu(dot_dtype, staged, tolerance):
-    """The kernel Triton compiles gives the step-by-step planner's states (halfcheetah widths,
-    10 steps), within the rounding of its products' operands."""
+@pytest.mark.parametrize("config, tolerance", [
+    (FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True, backend="mosaic"),
+     5e-2),
+    (FusedMLPConfig(dot_dtype="float32", whole_horizon=True), 5e-3),
+    (FusedMLPConfig(dot_dtype="bfloat16", whole_horizon=True), 5e-2),
+    (FusedMLPConfig(dot_dtype="bfloat16", whole_horizon=True, staged=True), 5e-2)])
+def test_compiled_rollout_kernel_on_a_gpu(config, tolerance):
+    """The kernel Mosaic GPU or Triton compiles gives the step-by-step planner's states
+    (halfcheetah widths, 10 steps), within the rounding of its products' operands."""
     kwargs = dict(obs_dim=18, act_dim=6, hidden_sizes=(200, 200, 200, 200), ensemble_size=5)
     plain = ProbabilisticEnsemble(**kwargs)
-    fused = ProbabilisticEnsemble(**kwargs, fused_mlp=FusedMLPConfig(
-        dot_dtype=dot_dtype, whole_horizon=True, staged=staged))
+    fused = ProbabilisticEnsemble(**kwargs, fused_mlp=config)
     rng = np.random.default_rng(0)
     data = {"obs": rng.normal(size=(256, 18)).astype(np.float32),
             "act": rng.uniform(-1, 1, size=(256, 6)).astype(np.float32)}

@@ -212,6 +212,23 @@ def _rollout_kernel(obs_ref, act_ref, *refs, pieces, activation, dot_dtype, hori
     jax.lax.fori_loop(0, horizon, step, obs_ref[...])
 
 
+def check_rollout_inputs(packed: PackedRollout, obs: jax.Array, act: jax.Array,
+                         noise: Optional[jax.Array], where: str) -> None:
+    """One-line ValueErrors unless ``obs`` [k, m, d], ``act`` [k, H, m, a] and ``noise``
+    [k, H, m, t] (or None) fit the ``k`` draws of ``packed``; ``where`` names the caller."""
+    k, m, d = obs.shape
+    horizon = act.shape[1]
+    if d != packed.obs_dim or act.shape != (k, horizon, m, packed.act_dim):
+        raise ValueError(f"{where} expects obs [k, m, {packed.obs_dim}] and act "
+                         f"[k, H, m, {packed.act_dim}]; got {obs.shape} and {act.shape}.")
+    draws = packed.state_stats.shape[0]
+    if draws != k:
+        raise ValueError(f"obs has rows for {k} draws; the packed weights hold {draws}.")
+    t = packed.target_dim
+    if noise is not None and noise.shape != (k, horizon, m, t):
+        raise ValueError(f"noise must have shape {(k, horizon, m, t)}, got {noise.shape}.")
+
+
 def fused_rollout(
     packed: PackedRollout,
     obs: jax.Array,
@@ -235,17 +252,9 @@ def fused_rollout(
     from jax.experimental import pallas as pl  # imported on use: it costs ~1 s at startup
     from jax.experimental.pallas import triton as pl_triton
 
-    k, m, d = obs.shape
-    horizon = act.shape[1]
-    if d != packed.obs_dim or act.shape != (k, horizon, m, packed.act_dim):
-        raise ValueError(f"fused_rollout expects obs [k, m, {packed.obs_dim}] and act "
-                         f"[k, H, m, {packed.act_dim}]; got {obs.shape} and {act.shape}.")
-    draws = packed.state_stats.shape[0]
-    if draws != k:
-        raise ValueError(f"obs has rows for {k} draws; the packed weights hold {draws}.")
-    t = packed.target_dim
-    if noise is not None and noise.shape != (k, horizon, m, t):
-        raise ValueError(f"noise must have shape {(k, horizon, m, t)}, got {noise.shape}.")
+    check_rollout_inputs(packed, obs, act, noise, "fused_rollout")
+    k, m, _ = obs.shape
+    horizon, t = act.shape[1], packed.target_dim
     s, a, r = packed.state_width, packed.act_width, config.block_rows
     rows = r * math.ceil(m / r)
 

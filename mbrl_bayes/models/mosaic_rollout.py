@@ -52,6 +52,7 @@ from mbrl_bayes.models.fused_rollout import (
     _TARGET_STD,
     _VAR_MIN,
     PackedRollout,
+    check_rollout_inputs,
 )
 from mbrl_bayes.models.gaussian import bounded_variance
 
@@ -130,17 +131,9 @@ def mosaic_rollout(
     if config.backend != "mosaic":
         raise ValueError(f"mosaic_rollout runs FusedMLPConfig(backend='mosaic'), got "
                          f"backend={config.backend!r}.")
-    k, m, d = obs.shape
-    horizon = act.shape[1]
-    if d != packed.obs_dim or act.shape != (k, horizon, m, packed.act_dim):
-        raise ValueError(f"mosaic_rollout expects obs [k, m, {packed.obs_dim}] and act "
-                         f"[k, H, m, {packed.act_dim}]; got {obs.shape} and {act.shape}.")
-    if packed.state_stats.shape[0] != k:
-        raise ValueError(f"obs has rows for {k} draws; the packed weights hold "
-                         f"{packed.state_stats.shape[0]}.")
-    t = packed.target_dim
-    if noise is not None and noise.shape != (k, horizon, m, t):
-        raise ValueError(f"noise must have shape {(k, horizon, m, t)}, got {noise.shape}.")
+    check_rollout_inputs(packed, obs, act, noise, "mosaic_rollout")
+    k, m, _ = obs.shape
+    horizon, t = act.shape[1], packed.target_dim
     if not config.interpret and jax.default_backend() == "gpu":
         capability = getattr(jax.devices()[0], "compute_capability", "9.0")
         if float(capability) < 9.0:
