@@ -88,17 +88,30 @@ def pack_mosaic(packed: PackedRollout) -> tuple[jax.Array, jax.Array, jax.Array]
     return jnp.stack(weights, axis=1), last, jnp.stack(biases, axis=1)
 
 
-def shared_memory_bytes(packed: PackedRollout, config: FusedMLPConfig) -> int:
-    """Shared memory one block of :func:`mosaic_rollout` allocates, each buffer aligned to 1 KB
-    as Mosaic GPU allocates them: the weight slot, the resident output layer, the activations,
-    the state and action operands, the state and noise tiles, biases, statistics, and the seven
-    8-byte barriers (equal to Mosaic GPU 0.10.2's own count)."""
+def _shared_buffers(packed: PackedRollout, config: FusedMLPConfig) -> list:
+    """``(shape, dtype, tiled)`` of each shared-memory buffer of a block, in the kernel's order:
+    the weight slot, the resident output layer, the activations, the state and action operands
+    (tiled for ``wgmma``), the state and noise tiles (tiled for the accumulator layout), the
+    biases and the statistics."""
     d, s, a, r = square_width(packed), packed.state_width, packed.act_width, config.block_rows
-    dot = jnp.dtype(config.dot_dtype).itemsize
+    dot = jnp.dtype(config.dot_dtype)
     out = packed.weights[-1].shape[-1]
-    buffers = [d * d * dot, d * out * dot, r * d * dot, r * s * dot, r * a * dot, r * s * 4,
-               r * s * 4, len(packed.weights) * _bias_width(packed) * 4, 8 * s * 4]
-    return sum(1024 * math.ceil(b / 1024) for b in buffers) + 7 * 8
+    return [((d, d), dot, True), ((d, out), dot, True), ((r, d), dot, True), ((r, s), dot, True),
+            ((r, a), dot, True), ((r, s), jnp.float32, True), ((r, s), jnp.float32, True),
+            ((len(packed.weights), _bias_width(packed)), jnp.float32, False),
+            ((8, s), jnp.float32, False)]
+
+
+_BARRIERS = (1, 1, 1, 4)  # weights, actions, noise, the four start-up copies
+
+
+def shared_memory_bytes(packed: PackedRollout, config: FusedMLPConfig) -> int:
+    """Shared memory one block of :func:`mosaic_rollout` allocates: its buffers, each aligned to
+    1 KB as Mosaic GPU allocates them, and its 8-byte barriers (equal to Mosaic GPU 0.10.2's own
+    count)."""
+    sizes = [math.prod(shape) * jnp.dtype(dtype).itemsize
+             for shape, dtype, _ in _shared_buffers(packed, config)]
+    return sum(1024 * math.ceil(b / 1024) for b in sizes) + 8 * sum(_BARRIERS)
 
 
 def _tiled(width: int, dtype) -> tuple:
@@ -152,7 +165,6 @@ def mosaic_rollout(
     use_noise = packed.probabilistic and noise is not None
     weights, last_weights, biases = pack_mosaic(packed)
     weights, last_weights = weights.astype(dtype), last_weights.astype(dtype)
-    out_width = last_weights.shape[-1]
     first_rows = s + a  # the first layer's real rows: only those are copied
 
     def padded(x, width, steps=0):  # [..., (H,) m, w] -> [..., (H + steps,) rows, width]
@@ -273,19 +285,9 @@ def mosaic_rollout(
 
         pl.run_scoped(
             scoped,
-            plgpu.SMEM((width, width), dtype, transforms=_tiled(width, dtype)),
-            plgpu.SMEM((width, out_width), dtype, transforms=_tiled(out_width, dtype)),
-            plgpu.SMEM((r, width), dtype, transforms=_tiled(width, dtype)),
-            plgpu.SMEM((r, s), dtype, transforms=_tiled(s, dtype)),
-            plgpu.SMEM((r, a), dtype, transforms=_tiled(a, dtype)),
-            plgpu.SMEM((r, s), jnp.float32, transforms=_tiled(s, jnp.float32)),
-            plgpu.SMEM((r, s), jnp.float32, transforms=_tiled(s, jnp.float32)),
-            plgpu.SMEM(biases.shape[1:], jnp.float32),
-            plgpu.SMEM((8, s), jnp.float32),
-            plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_barriers=4),
+            *[plgpu.SMEM(shape, dtype, transforms=_tiled(shape[-1], dtype) if tiled else ())
+              for shape, dtype, tiled in _shared_buffers(packed, config)],
+            *[plgpu.Barrier(num_barriers=n) for n in _BARRIERS],
         )
 
     interpret = None
