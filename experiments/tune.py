@@ -166,7 +166,13 @@ def score(returns: Sequence[float], window: int) -> float:
 def _trainable(params: Dict[str, Any], base: Dict[str, Any], window: int,
                env: Dict[str, str]) -> None:
     """One Tune trial: the run of ``base`` with ``params``, reported after every MPC trial."""
-    os.environ.update(env)  # a fresh actor: JAX has not started its backends yet
+    # Where this Ray was not started with these variables (--address, or an initialized Ray):
+    # a trial is a fresh actor whose JAX has not started its backends yet, so they still apply.
+    os.environ.update(env)
+    if "JAX_PLATFORMS" in env:  # read when jax was imported
+        import jax
+
+        jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
     from ray import tune
 
     config = with_params(RunConfig.from_dict(base), params)
