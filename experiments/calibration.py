@@ -8,7 +8,7 @@ epistemic/aleatoric split and the k-step open-loop rollout error for k = 1..hori
 Writes ``results.md`` (mean ± std over seeds), ``reliability_<env>.png`` (expected vs observed
 quantile coverage) and ``kstep_<env>.png``. Resumable: finished (env, model, seed) cells are
 kept in ``cells/`` and skipped when the command is rerun. ``--engine ray`` evaluates each cell as
-a Ray task (see ``experiments/common.py``).
+a Ray task (see ``experiments/engine.py``).
 """
 
 from __future__ import annotations
