@@ -7,7 +7,8 @@ epistemic/aleatoric split and the k-step open-loop rollout error for k = 1..hori
 
 Writes ``results.md`` (mean ± std over seeds), ``reliability_<env>.png`` (expected vs observed
 quantile coverage) and ``kstep_<env>.png``. Resumable: finished (env, model, seed) cells are
-kept in ``cells/`` and skipped when the command is rerun.
+kept in ``cells/`` and skipped when the command is rerun. ``--engine ray`` evaluates each cell as
+a Ray task (see ``experiments/engine.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import envs
 from agents import ModelConfig, build_model
 from experiments.common import command_line
+from experiments.engine import Job, add_engine_args, engine_from_args, run_jobs
 from mbrl_bayes import metrics
 from mbrl_bayes.data import ReplayBuffer
 from mbrl_bayes.models import VariationalLSTM, train
@@ -131,6 +133,17 @@ def evaluate_cell(env_name: str, label: str, seed: int, args: argparse.Namespace
     return cell
 
 
+def _cell_job(path: str, env_name: str, label: str, seed: int, args: argparse.Namespace,
+              verbose: bool = True) -> None:
+    """Evaluates one (env, model, seed) cell and writes it to ``path`` (atomically)."""
+    if verbose:
+        print(f"== {env_name} {label} seed {seed}", flush=True)
+    cell = evaluate_cell(env_name, label, seed, args)
+    with open(path + ".tmp", "w") as f:
+        json.dump(cell, f)
+    os.replace(path + ".tmp", path)
+
+
 def _fmt(values: List[float], fmt: str = ".3g") -> str:
     values = np.asarray(values, float)
     return format(values[0], fmt) if values.size == 1 else \
@@ -152,7 +165,10 @@ def main(argv=None) -> str:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--horizon", type=int, default=15, help="k-step error for k=1..horizon")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (--engine ray)")
+    add_engine_args(parser)
     args = parser.parse_args(argv)
+    engine = engine_from_args(args)
     os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
 
     import matplotlib
@@ -165,20 +181,21 @@ def main(argv=None) -> str:
              "of a fixed exploratory policy (correlated random actions) per seed. Metrics on the "
              "held-out episodes' next observations; NLL in nats per transition (joint over "
              "dimensions), sharpness = mean predictive std.", ""]
+    paths = {(env_name, label, seed): os.path.join(
+        args.out, "cells", f"{env_name}-{label.replace(' ', '_')}-s{seed}.json")
+        for env_name in args.envs for label in args.models for seed in args.seeds}
+    jobs = [Job(f"{env_name} {label} seed {seed}", _cell_job,
+                (path, env_name, label, seed, args, engine.kind == "local"))
+            for (env_name, label, seed), path in paths.items() if not os.path.exists(path)]
+    failed = run_jobs(jobs, engine, progress=not args.quiet, done=len(paths) - len(jobs))
     for env_name in args.envs:
         cells: Dict[str, List[dict]] = {}
         for label in args.models:
             for seed in args.seeds:
-                path = os.path.join(args.out, "cells",
-                                    f"{env_name}-{label.replace(' ', '_')}-s{seed}.json")
-                if not os.path.exists(path):
-                    print(f"== {env_name} {label} seed {seed}", flush=True)
-                    cell = evaluate_cell(env_name, label, seed, args)
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(cell, f)
-                    os.replace(path + ".tmp", path)
-                with open(path) as f:
-                    cells.setdefault(label, []).append(json.load(f))
+                path = paths[env_name, label, seed]
+                if os.path.exists(path):
+                    with open(path) as f:
+                        cells.setdefault(label, []).append(json.load(f))
         cols = [("NLL", "nll"), ("RMSE", "rmse"), ("50% cov.", "coverage50"),
                 ("90% cov.", "coverage90"), ("calib. error", "calibration_error"),
                 ("sharpness", "sharpness"), ("epistemic var", "epistemic_var"),
@@ -229,6 +246,9 @@ def main(argv=None) -> str:
                              + " |")
         lines += ["", f"![reliability {env_name}](reliability_{env_name}.png) "
                       f"![k-step {env_name}](kstep_{env_name}.png)", ""]
+    if failed:
+        lines += ["## Cells that did not finish", "",
+                  *(f"- {name}: {error}" for name, error in failed.items()), ""]
     text = "\n".join(lines)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)

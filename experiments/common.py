@@ -6,6 +6,9 @@ some envs for some seeds. Each run is an ordinary run folder under
 (finished runs are skipped, unfinished ones continue from their last trial), and each run can be
 inspected or extended with ``mbrl-bayes``. Results go to ``OUT/results.md`` (tables: mean +- std
 over seeds) and ``OUT/curves_<env>.png``.
+
+``--engine ray`` runs each run as a Ray task (see ``experiments.engine``), on a local Ray or the
+cluster at ``--address``; the run folders are the same, so a grid can switch engines mid-way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from agents import Run, RunConfig, plot_returns, read_metrics
 from agents.checkpoint import load_json
+from experiments.engine import Engine, Job, add_engine_args, run_jobs
 from experiments.presets import preset_config
 
 Variant = Callable[[RunConfig], RunConfig]
@@ -59,7 +63,17 @@ def base_parser(description: str, default_envs: Sequence[str]) -> argparse.Argum
                         help="fast: the comparison budget; preset: the task presets; tiny: a "
                              "seconds-long smoke run")
     parser.add_argument("--quiet", action="store_true")
+    add_engine_args(parser)
     return parser
+
+
+class Grid(dict):
+    """``{env: {variant: [run dirs]}}`` of a grid's finished runs; ``failed`` maps the name of
+    each run that did not finish to its one-line error."""
+
+    def __init__(self, failed: Optional[Dict[str, str]] = None):
+        super().__init__()
+        self.failed: Dict[str, str] = dict(failed or {})
 
 
 def run_grid(
@@ -70,12 +84,20 @@ def run_grid(
     trials: Dict[str, int],
     budget: str = "fast",
     progress: bool = False,
-) -> Dict[str, Dict[str, List[str]]]:
-    """Runs (or resumes) every (env, variant, seed); returns ``{env: {variant: [run dirs]}}``."""
+    engine: Optional[Engine] = None,
+) -> Grid:
+    """Runs (or resumes) every (env, variant, seed) on ``engine`` (default: one after another
+    in this process); returns the finished runs (see ``Grid``).
+
+    Finished runs are skipped. A run that raises, or whose Ray task is killed, is reported by
+    name (``"<env> <variant> seed <seed>"``) and left out of the result; the others go on.
+    """
     if not seeds:
         raise ValueError("Give at least one seed.")
+    engine = engine or Engine()
+    local = engine.kind == "local"
     budgets = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
-    done: Dict[str, Dict[str, List[str]]] = {}
+    cells, jobs, skipped = [], [], 0
     for env in envs:
         for label, variant in variants.items():
             for seed in seeds:
@@ -84,23 +106,48 @@ def run_grid(
                 config.seed = seed
                 config.trials = trials[env]
                 config = variant(config)
-                _run_one(run_dir, config, progress, f"{env} {label} seed {seed}")
-                done.setdefault(env, {}).setdefault(label, []).append(run_dir)
-    return done
+                name = f"{env} {label} seed {seed}"
+                cells.append((env, label, run_dir, name, config.trials))
+                if _finished(run_dir, config.trials):
+                    skipped += 1
+                else:
+                    # On Ray the runs are silent: the grid has one progress bar.
+                    jobs.append(Job(name, _run_one, (run_dir, config, progress and local, name,
+                                                     local)))
+    os.makedirs(out, exist_ok=True)
+    grid = Grid(run_jobs(jobs, engine, progress, done=skipped))
+    for env, label, run_dir, name, n_trials in cells:
+        if name not in grid.failed and not _finished(run_dir, n_trials):
+            grid.failed[name] = (f"finished, but {run_dir} is not visible here: on a "
+                                 "multi-machine cluster --out must be on a shared filesystem.")
+        if name not in grid.failed:
+            grid.setdefault(env, {}).setdefault(label, []).append(run_dir)
+    if grid.failed:
+        print(f"{len(grid.failed)} of {len(cells)} runs failed (rerun the command to retry "
+              "them; finished runs are kept):", file=sys.stderr)
+        for name, error in grid.failed.items():
+            print(f"  {name}: {error}", file=sys.stderr)
+    return grid
 
 
-def _run_one(run_dir: str, config: RunConfig, progress: bool, name: str) -> None:
+def _finished(run_dir: str, trials: int) -> bool:
+    path = os.path.join(run_dir, "state.json")
+    return os.path.exists(path) and load_json(path)["trials_done"] >= trials
+
+
+def _run_one(run_dir: str, config: RunConfig, progress: bool, name: str,
+             verbose: bool = True) -> None:
     start = time.perf_counter()
+    say = (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
     if os.path.exists(os.path.join(run_dir, "state.json")):
-        state = load_json(os.path.join(run_dir, "state.json"))
-        if state["trials_done"] >= config.trials:
+        if _finished(run_dir, config.trials):
             return
         run = Run.resume(run_dir, trials=config.trials)
     else:
         run = Run.create(run_dir, config)
-    print(f"== {name}: {run_dir}", flush=True)
-    run.run(progress=progress, log=lambda s: print(f"   {s}", flush=True))
-    print(f"   ({time.perf_counter() - start:.0f} s wall-clock)", flush=True)
+    say(f"== {name}: {run_dir}")
+    run.run(progress=progress, log=lambda s: say(f"   {s}"))
+    say(f"   ({time.perf_counter() - start:.0f} s wall-clock)")
 
 
 def _compute_seconds(rows: List[Dict]) -> float:
@@ -153,6 +200,10 @@ def summarize(
         lines += ["", f"![{env} learning curves]({png})", ""]
         per_trial = _per_trial_table(variants)
         lines += per_trial + [""]
+    failed = getattr(grid, "failed", {})
+    if failed:
+        lines += ["## Runs that did not finish", "",
+                  *(f"- {name}: {error}" for name, error in failed.items()), ""]
     text = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)

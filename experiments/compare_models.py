@@ -13,6 +13,7 @@ from typing import Dict
 
 from agents import RunConfig
 from experiments.common import Variant, base_parser, command_line, run_grid, select, summarize
+from experiments.engine import engine_from_args
 
 TRIALS = {"pendulum": 5, "cartpole_swingup": 10}
 
@@ -36,7 +37,7 @@ def main(argv=None) -> str:
     args = base_parser(__doc__.split("\n")[0], ["pendulum", "cartpole_swingup"]).parse_args(argv)
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
     grid = run_grid(args.out, select(VARIANTS, args.variants), args.envs, args.seeds, trials,
-                    args.budget, progress=not args.quiet)
+                    args.budget, progress=not args.quiet, engine=engine_from_args(args))
     return summarize(
         args.out, "Dynamics models compared (PETS: CEM, ts_inf)", command_line(), grid,
         extra_columns={

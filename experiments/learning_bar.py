@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 
 from agents import read_metrics
 from experiments.common import base_parser, command_line, run_grid, summarize
+from experiments.engine import engine_from_args
 
 # env -> (threshold, by trial, trials run)
 BARS: Dict[str, Tuple[float, int, int]] = {
@@ -34,7 +35,7 @@ def main(argv=None) -> Tuple[str, Dict[str, bool]]:
     args = parser.parse_args(argv)
     trials = {env: args.trials or BARS[env][2] for env in args.envs}
     grid = run_grid(args.out, {"PETS": lambda c: c}, args.envs, args.seeds, trials,
-                    args.budget, progress=not args.quiet)
+                    args.budget, progress=not args.quiet, engine=engine_from_args(args))
     text = summarize(args.out, "Learning bar: PETS with default settings", command_line(), grid)
     passed: Dict[str, bool] = {}
     lines = ["", "## Bars", "", "| env | bar | first trial reaching it, per seed | passed |",

@@ -1,8 +1,11 @@
 """The comparison scripts run end to end in a tiny configuration and write tables and plots."""
 
 import os
+import sys
 
-from experiments import calibration, compare_models, compare_propagation
+import pytest
+
+from experiments import calibration, common, compare_models, compare_propagation, tune
 
 
 def test_compare_models_tiny(tmp_path):
@@ -39,3 +42,58 @@ def test_calibration_tiny(tmp_path):
     assert "| PE |" in text and "| D |" in text and "k=4" in text
     for png in ("reliability_pendulum.png", "kstep_pendulum.png"):
         assert os.path.getsize(os.path.join(out, png)) > 1000
+
+
+def test_engine_ray_without_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    for main, argv in (
+        (compare_models.main, ["--envs", "pendulum", "--budget", "tiny", "--engine", "ray"]),
+        (calibration.main, ["--envs", "pendulum", "--engine", "ray"]),
+        (tune.main, ["--env", "pendulum", "--param", "train.learning_rate=uniform:1e-4,1e-3"]),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv + ["--out", str(tmp_path / "out")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert "pip install 'mbrl-bayes[ray]'" in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_bad_engine_flags_and_tune_params_are_one_line_errors(tmp_path, capsys):
+    for main, argv, message in (
+        (compare_models.main, ["--address", "auto"], "--address is for --engine ray"),
+        (tune.main, ["--env", "pendulum", "--param", "model.prior=uniform:0.1,1"],
+         "model has no field 'prior'; known: name, hidden_sizes"),
+        (tune.main, ["--env", "pendulum", "--param", "train.learning_rate=loguniform:0,1"],
+         "need 0 < LOW < HIGH"),
+        (tune.main, ["--env", "pendulum", "--param", "planner.optimizer=choice:cem,sgd"],
+         "Unknown optimizer 'sgd'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv + ["--out", str(tmp_path / "out")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_run_grid_reports_a_failing_run_by_name_and_finishes_the_others(tmp_path):
+    def broken(config):
+        config.planner.optimizer = "no_such_optimizer"
+        return config
+
+    out = str(tmp_path / "grid")
+    grid = common.run_grid(out, {"broken": broken, "random": _random_agent}, ["pendulum"], [0],
+                           {"pendulum": 1}, "tiny")
+    assert grid.failed == {"pendulum broken seed 0":
+                           "ValueError: Unknown optimizer 'no_such_optimizer'; known: cem, icem, "
+                           "mppi, random_shooting."}
+    assert grid == {"pendulum": {"random": [os.path.join(out, "runs", "pendulum", "random",
+                                                         "s0")]}}
+    text = common.summarize(out, "t", "cmd", grid)
+    assert "| random | 1 |" in text and "- pendulum broken seed 0: ValueError" in text
+
+
+def _random_agent(config):
+    config.agent = "random"
+    return config
