@@ -19,7 +19,7 @@ Python at run time. Non-finite objective values are treated as the worst possibl
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Protocol, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Protocol, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -389,3 +389,12 @@ class RandomShooting:
         plan = samples[i]
         new_state = PlanState(_shift(plan, (low + high) / 2), low, high)
         return plan, new_state, {"best_value": values[i], "best_sequence": plan}
+
+
+# The optimizers by name: what a run config's ``planner.optimizer`` and the CLI accept.
+OPTIMIZERS: Dict[str, Type[TrajectoryOptimizer]] = {
+    "cem": CEM,
+    "icem": ICEM,
+    "mppi": MPPI,
+    "random_shooting": RandomShooting,
+}
