@@ -84,9 +84,9 @@ def test_killed_run_loses_nothing_before_the_last_trial(tmp_path, monkeypatch):
     config = RunConfig.from_dict({**TINY, "trials": 2})
     run = Run.create(run_dir, config)
     calls = {"n": 0}
-    import agents.loop as loop
+    import agents.run as run_module
 
-    original = loop.run_episode
+    original = run_module.run_episode
 
     def interrupted_episode(env, agent, key, env_seed, max_steps, buffer=None, on_step=None):
         if agent.params is not None:
@@ -98,10 +98,10 @@ def test_killed_run_loses_nothing_before_the_last_trial(tmp_path, monkeypatch):
             on_step = stop
         return original(env, agent, key, env_seed, max_steps, buffer, on_step)
 
-    monkeypatch.setattr(loop, "run_episode", interrupted_episode)
+    monkeypatch.setattr(run_module, "run_episode", interrupted_episode)
     with pytest.raises(KeyboardInterrupt):
         run.run(progress=False, log=lambda s: None)
-    monkeypatch.setattr(loop, "run_episode", original)
+    monkeypatch.setattr(run_module, "run_episode", original)
     assert [int(r["trial"]) for r in read_rows(run_dir)] == [0, 1]
     saved = ReplayBuffer.load(os.path.join(run_dir, "buffer.npz"))
     assert len(saved) == 32
