@@ -24,7 +24,6 @@ from typing import Callable, Dict, NamedTuple, Optional, Protocol, Tuple, Type
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes import sampling
 from mbrl_bayes.planning.noise import colored_noise
 
 # objective_fn(action_seqs [N, H, a], key) -> values [N] (maximized)
@@ -341,7 +340,7 @@ class MPPI:
         def body(i, carry):
             mean, best = carry
             sample_key, eval_key = jax.random.split(jax.random.fold_in(key, i))
-            raw = mean + std * sampling.normal(sample_key, shape, jnp.float32)
+            raw = mean + std * jax.random.normal(sample_key, shape, jnp.float32)
             if self.smoothing:
                 s = self.smoothing
 
