@@ -2,8 +2,11 @@
 
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
 from agents.config import ModelConfig, PlannerConfig, RunConfig, TrainConfig
+from agents.episode import run_episode
 from agents.factory import build_agent, build_model, build_optimizer
-from agents.loop import Run, RunError, evaluate, plot_returns, read_metrics, run_episode
+from agents.plotting import plot_returns
+from agents.run import Run, evaluate
+from agents.run_folder import RunError, read_metrics
 
 __all__ = [
     "ModelBasedAgent",

@@ -1,6 +1,6 @@
 """Agents: a random agent, and model-based agents that plan through a learned posterior.
 
-Every agent has the same small interface, used by the trial loop (``agents.loop``):
+Every agent has the same small interface, used by the trial loop (``agents.run``):
 
 * ``update(buffer, key) -> dict``: learn from the replay buffer (train the model);
 * ``begin_episode(key)``: episode start (the Thompson agent draws its function here);

@@ -7,10 +7,11 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
+# The names a run config (and the CLI) accepts for ``model.name`` and ``agent``; the factory
+# dispatches on them. Optimizer, propagation, early-stopping, estimator and activation names live
+# with what they name (``planning.OPTIMIZERS``, ``planning.PROPAGATIONS``, ...).
 MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "vlstm", "dropout")
 AGENT_NAMES = ("pets", "thompson", "random")
-OPTIMIZER_NAMES = ("cem", "icem", "mppi", "random_shooting")
-PROPAGATION_NAMES = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
 
 
 @dataclasses.dataclass
@@ -90,7 +91,8 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class PlannerConfig:
-    """MPC: trajectory optimizer (see ``OPTIMIZER_NAMES``), horizon, particles, propagation."""
+    """MPC: trajectory optimizer (a key of ``planning.OPTIMIZERS``), horizon, particles,
+    propagation (one of ``planning.PROPAGATIONS``)."""
 
     optimizer: str = "cem"
     horizon: int = 15
@@ -126,13 +128,18 @@ class RunConfig:
 
         if self.env not in envs.names():
             raise ValueError(f"Unknown env {self.env!r}; known: {', '.join(envs.names())}.")
+        from mbrl_bayes.models.gaussian import ACTIVATIONS
+        from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
+        from mbrl_bayes.models.variational import ESTIMATORS
+        from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
+
         _check_choice("agent", self.agent, AGENT_NAMES)
         _check_choice("model", self.model.name, MODEL_NAMES)
-        _check_choice("optimizer", self.planner.optimizer, OPTIMIZER_NAMES)
-        _check_choice("propagation", self.planner.propagation, PROPAGATION_NAMES)
-        from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
-
+        _check_choice("optimizer", self.planner.optimizer, tuple(OPTIMIZERS))
+        _check_choice("propagation", self.planner.propagation, PROPAGATIONS)
         _check_choice("early_stopping", self.train.early_stopping, tuple(EARLY_STOPPING_SCORES))
+        _check_choice("estimator", self.model.estimator, tuple(ESTIMATORS))
+        _check_choice("activation", self.model.activation, tuple(ACTIVATIONS))
         if self.trials <= 0:
             raise ValueError(f"trials must be a positive number, got {self.trials}.")
         if self.seed_steps < 0:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import inspect
+from typing import Any, Callable, Dict
 
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
 from agents.config import (
+    AGENT_NAMES,
+    MODEL_NAMES,
     ModelConfig,
     PlannerConfig,
     RunConfig,
@@ -28,66 +31,99 @@ def fused_mlp_config(cfg: ModelConfig):
     return models.FusedMLPConfig(whole_horizon=kind == "horizon")
 
 
+# name -> (ensemble, probabilistic) of the PETS variants (Chua et al. 2018).
+_ENSEMBLE_VARIANTS = {"pe": (True, True), "de": (True, False), "p": (False, True),
+                      "d": (False, False)}
+
+
+def _ensemble(cfg: ModelConfig, common: dict) -> Any:
+    ensemble, probabilistic = _ENSEMBLE_VARIANTS[cfg.name]
+    check_fused_kernel(cfg)
+    fused = fused_mlp_config(cfg)
+    return models.ProbabilisticEnsemble(
+        **common,
+        ensemble_size=cfg.ensemble_size if ensemble else 1,
+        probabilistic=probabilistic,
+        num_elites=cfg.num_elites if ensemble else None,
+        fused_mlp=fused,
+    )
+
+
+def _dropout(cfg: ModelConfig, common: dict) -> Any:
+    return models.MCDropoutMLP(**common, dropout_rate=cfg.dropout_rate)
+
+
+def _variational_lstm(cfg: ModelConfig, common: dict) -> Any:
+    return models.VariationalLSTM(**common, lstm_size=cfg.lstm_size,
+                                  sequence_length=cfg.sequence_length,
+                                  prior_stddev=cfg.prior_stddev)
+
+
+def _variational_mlp(cfg: ModelConfig, common: dict) -> Any:
+    return models.VariationalMLP(**common, estimator=cfg.estimator,
+                                 prior_stddev=cfg.prior_stddev)
+
+
+# Keyed by ``MODEL_NAMES``, in its order (tests/test_cli.py checks they are the same).
+MODEL_BUILDERS: Dict[str, Callable[[ModelConfig, dict], Any]] = {
+    **{name: _ensemble for name in _ENSEMBLE_VARIANTS},
+    "vmlp": _variational_mlp,
+    "vlstm": _variational_lstm,
+    "dropout": _dropout,
+}
+
+
 def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
-    """The dynamics model named by ``cfg.name``."""
+    """The dynamics model named by ``cfg.name`` (one of ``MODEL_NAMES``)."""
+    if cfg.name not in MODEL_BUILDERS:
+        raise ValueError(f"Unknown model {cfg.name!r}; known: {', '.join(MODEL_NAMES)}.")
     common = dict(obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=tuple(cfg.hidden_sizes),
                   learn_reward=cfg.learn_reward, activation=cfg.activation)
-    if cfg.name in ("pe", "de", "p", "d"):
-        ensemble = cfg.name in ("pe", "de")
-        check_fused_kernel(cfg)
-        fused = fused_mlp_config(cfg)
-        return models.ProbabilisticEnsemble(
-            **common,
-            ensemble_size=cfg.ensemble_size if ensemble else 1,
-            probabilistic=cfg.name in ("pe", "p"),
-            num_elites=cfg.num_elites if ensemble else None,
-            fused_mlp=fused,
-        )
-    if cfg.name == "dropout":
-        return models.MCDropoutMLP(**common, dropout_rate=cfg.dropout_rate)
-    if cfg.name == "vlstm":
-        return models.VariationalLSTM(**common, lstm_size=cfg.lstm_size,
-                                      sequence_length=cfg.sequence_length,
-                                      prior_stddev=cfg.prior_stddev)
-    if cfg.name == "vmlp":
-        return models.VariationalMLP(**common, estimator=cfg.estimator,
-                                     prior_stddev=cfg.prior_stddev)
-    raise ValueError(f"Unknown model {cfg.name!r}.")
+    return MODEL_BUILDERS[cfg.name](cfg, common)
+
+
+# Constructor argument of a trajectory optimizer -> the PlannerConfig field that sets it; each
+# optimizer gets the ones its constructor takes.
+_OPTIMIZER_ARGS = {"population_size": "population", "num_elites": "elites",
+                   "num_iterations": "iterations", "alpha": "alpha", "noise_beta": "noise_beta",
+                   "temperature": "temperature"}
 
 
 def build_optimizer(cfg: PlannerConfig) -> Any:
-    """The trajectory optimizer named by ``cfg.optimizer``."""
-    if cfg.optimizer == "cem":
-        return planning.CEM(population_size=cfg.population, num_elites=cfg.elites,
-                            num_iterations=cfg.iterations, alpha=cfg.alpha)
-    if cfg.optimizer == "icem":
-        return planning.ICEM(population_size=cfg.population, num_elites=cfg.elites,
-                             num_iterations=cfg.iterations, alpha=cfg.alpha,
-                             noise_beta=cfg.noise_beta)
-    if cfg.optimizer == "mppi":
-        return planning.MPPI(population_size=cfg.population, num_iterations=cfg.iterations,
-                             temperature=cfg.temperature)
-    if cfg.optimizer == "random_shooting":
-        return planning.RandomShooting(population_size=cfg.population)
-    raise ValueError(f"Unknown optimizer {cfg.optimizer!r}.")
+    """The trajectory optimizer named by ``cfg.optimizer`` (a key of ``planning.OPTIMIZERS``)."""
+    if cfg.optimizer not in planning.OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; known: "
+                         f"{', '.join(planning.OPTIMIZERS)}.")
+    cls = planning.OPTIMIZERS[cfg.optimizer]
+    accepted = inspect.signature(cls).parameters
+    return cls(**{arg: getattr(cfg, field) for arg, field in _OPTIMIZER_ARGS.items()
+                  if arg in accepted})
 
 
 def train_kwargs(config: RunConfig) -> dict:
     return dataclasses.asdict(config.train)
 
 
+# Keyed by ``AGENT_NAMES``, in its order (tests/test_cli.py checks they are the same).
+AGENT_CLASSES: Dict[str, type] = {"pets": PETSAgent, "thompson": ThompsonAgent,
+                                  "random": RandomAgent}
+
+
 def build_agent(config: RunConfig) -> Any:
     """The agent of ``config`` for its env (a ``RandomAgent`` or a model-based agent)."""
+    if config.agent not in AGENT_CLASSES:
+        raise ValueError(f"Unknown agent {config.agent!r}; known: {', '.join(AGENT_NAMES)}.")
+    cls = AGENT_CLASSES[config.agent]
     spec = envs.task(config.env)
-    if config.agent == "random":
-        return RandomAgent(spec.action_low, spec.action_high)
+    if not issubclass(cls, ModelBasedAgent):
+        return cls(spec.action_low, spec.action_high)
     model = build_model(config.model, spec.obs_dim, spec.act_dim)
-    propagation = "thompson" if config.agent == "thompson" else config.planner.propagation
+    thompson = issubclass(cls, ThompsonAgent)
+    propagation = "thompson" if thompson else config.planner.propagation
     mpc = planning.MPC(
         model, build_optimizer(config.planner), spec.reward_fn, spec.termination_fn,
         horizon=config.planner.horizon, action_low=spec.action_low,
         action_high=spec.action_high, num_particles=config.planner.num_particles,
         propagation=propagation, beta=config.planner.beta,
     )
-    cls: type[ModelBasedAgent] = ThompsonAgent if config.agent == "thompson" else PETSAgent
     return cls(model, mpc, train_kwargs(config))

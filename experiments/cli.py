@@ -18,7 +18,9 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from agents.config import AGENT_NAMES, MODEL_NAMES
 from experiments.presets import preset_config
+from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -49,10 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent (or resume a run)")
     train.add_argument("--env", help="task name (see `envs.names()`); default cartpole_swingup")
-    train.add_argument("--agent", help="pets, thompson or random; default pets")
-    train.add_argument("--model", help="pe, de, p, d, vmlp, vlstm or dropout; default pe")
-    train.add_argument("--optimizer", help="cem, icem, mppi or random_shooting")
-    train.add_argument("--propagation", help="ts1, ts_inf, mean, thompson or optimistic")
+    train.add_argument("--agent", choices=AGENT_NAMES, help="default pets")
+    train.add_argument("--model", choices=MODEL_NAMES, help="dynamics model; default pe")
+    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                       help="trajectory optimizer; default: the preset's")
+    train.add_argument("--propagation", choices=PROPAGATIONS,
+                       help="how particles meet the model's function draws; default: the "
+                            "preset's")
     train.add_argument("--trials", type=_positive_int, help="number of MPC trials")
     train.add_argument("--seed", type=int, help="random seed; default 0")
     train.add_argument("--horizon", type=_positive_int)

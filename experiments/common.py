@@ -51,6 +51,10 @@ def fast(config: RunConfig) -> RunConfig:
     return config
 
 
+# --budget: the run configs a comparison can use.
+BUDGETS: Dict[str, Variant] = {"fast": fast, "preset": lambda config: config, "tiny": tiny}
+
+
 def base_parser(description: str, default_envs: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--envs", nargs="+", default=list(default_envs))
@@ -59,7 +63,7 @@ def base_parser(description: str, default_envs: Sequence[str]) -> argparse.Argum
                         help="trials per run (default: the script's per-env budget)")
     parser.add_argument("--variants", nargs="+", default=None, help="subset of variants to run")
     parser.add_argument("--out", required=True, help="results folder (resumable)")
-    parser.add_argument("--budget", choices=("fast", "preset", "tiny"), default="fast",
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="fast",
                         help="fast: the comparison budget; preset: the task presets; tiny: a "
                              "seconds-long smoke run")
     parser.add_argument("--quiet", action="store_true")
@@ -96,13 +100,12 @@ def run_grid(
         raise ValueError("Give at least one seed.")
     engine = engine or Engine()
     local = engine.kind == "local"
-    budgets = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
     cells, jobs, skipped = [], [], 0
     for env in envs:
         for label, variant in variants.items():
             for seed in seeds:
                 run_dir = os.path.join(out, "runs", env, label, f"s{seed}")
-                config = budgets[budget](preset_config(env))
+                config = BUDGETS[budget](preset_config(env))
                 config.seed = seed
                 config.trials = trials[env]
                 config = variant(config)

@@ -13,6 +13,7 @@ from typing import Dict
 from agents import RunConfig
 from experiments.common import Variant, base_parser, command_line, run_grid, select, summarize
 from experiments.engine import engine_from_args
+from mbrl_bayes.planning import PROPAGATIONS
 
 TRIALS = {"pendulum": 5, "cartpole_swingup": 10}
 
@@ -27,10 +28,7 @@ def _propagation(name: str, beta: float = 1.0) -> Variant:
     return variant
 
 
-VARIANTS: Dict[str, Variant] = {
-    "ts1": _propagation("ts1"), "ts_inf": _propagation("ts_inf"), "mean": _propagation("mean"),
-    "thompson": _propagation("thompson"), "optimistic": _propagation("optimistic", beta=1.0),
-}
+VARIANTS: Dict[str, Variant] = {name: _propagation(name) for name in PROPAGATIONS}
 
 
 def main(argv=None) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from agents import Run, RunConfig
-from experiments.common import command_line, fast, tiny
+from experiments.common import BUDGETS, command_line
 from experiments.engine import (
     Engine,
     EngineError,
@@ -51,7 +51,6 @@ from experiments.presets import preset_config
 
 KINDS = ("uniform", "loguniform", "randint", "lograndint", "choice", "grid")
 METRICS = {"mean_return": "max", "holdout_nll": "min"}
-BUDGETS = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
 
 
 # ---------------------------------------------------------------------------- search space

@@ -23,7 +23,9 @@ otherwise picks: ``xla_gpu_enable_triton_gemm=False`` took pets_halfcheetah from
 per action on an H100 (``benchmarks/gpu_variants.py``), and compiles faster. Elsewhere (CPUs
 without AVX-512, TPUs) no option is added.
 
-This module imports nothing from the package, so every floor may use it.
+Used where these gains were measured, and nowhere else: the planner's jitted functions
+(``planning.MPC``) and the model update and evaluation of ``models.train``. This module imports
+nothing from the package.
 """
 
 from __future__ import annotations

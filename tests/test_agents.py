@@ -142,3 +142,28 @@ def test_pets_agent_with_the_recurrent_model():
     agent.begin_episode(jax.random.PRNGKey(2))
     action = agent.act(np.array([1.0, 0.0, 0.0], np.float32), jax.random.PRNGKey(3))
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+
+
+def test_metrics_csv_round_trip_and_the_trial_line(tmp_path):
+    from agents import RunError, read_metrics
+    from agents.metrics_csv import COLUMNS, read_rows, write_rows
+    from agents.progress import trial_summary
+
+    rows = [{"trial": 0, "env_steps": 20, "return": -12.5, "episode_steps": 20},
+            {"trial": 1, "env_steps": 32, "return": 3.0, "train_loss": 1e-7, "holdout_mse": None,
+             "not_a_column": "dropped"}]
+    path = str(tmp_path / "metrics.csv")
+    write_rows(path, rows)
+    back = read_rows(path)
+    assert back[0] == {**dict.fromkeys(COLUMNS), **rows[0]}
+    assert back[1] == {**dict.fromkeys(COLUMNS), "trial": 1, "env_steps": 32, "return": 3.0,
+                       "train_loss": 1e-7}
+    assert type(back[1]["trial"]) is int and type(back[1]["return"]) is float
+    assert trial_summary(back[1], 4) == ("trial   1/4  return      3.00  steps     32  model mse -"
+                                         "  cov90 -  train -s  plan -s/act")
+    with pytest.raises(RunError, match="is not a run folder"):
+        read_metrics(str(tmp_path / "nothing"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(RunError, match="is not a metrics file"):
+        read_metrics(str(tmp_path / "run"))

@@ -1,6 +1,8 @@
 """The `mbrl-bayes` CLI and the trial loop: train, resume after a kill, evaluate, plot, errors."""
 
+import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from agents import Run, RunConfig
+from agents import PlannerConfig, Run, RunConfig, factory
 from agents.checkpoint import load_json
-from experiments.cli import main
+from agents.config import AGENT_NAMES, MODEL_NAMES
+from experiments.cli import build_parser, main
+from mbrl_bayes import planning
 from mbrl_bayes.data import ReplayBuffer
 
 TINY = {
@@ -80,9 +84,9 @@ def test_killed_run_loses_nothing_before_the_last_trial(tmp_path, monkeypatch):
     config = RunConfig.from_dict({**TINY, "trials": 2})
     run = Run.create(run_dir, config)
     calls = {"n": 0}
-    import agents.loop as loop
+    import agents.run as run_module
 
-    original = loop.run_episode
+    original = run_module.run_episode
 
     def interrupted_episode(env, agent, key, env_seed, max_steps, buffer=None, on_step=None):
         if agent.params is not None:
@@ -94,10 +98,10 @@ def test_killed_run_loses_nothing_before_the_last_trial(tmp_path, monkeypatch):
             on_step = stop
         return original(env, agent, key, env_seed, max_steps, buffer, on_step)
 
-    monkeypatch.setattr(loop, "run_episode", interrupted_episode)
+    monkeypatch.setattr(run_module, "run_episode", interrupted_episode)
     with pytest.raises(KeyboardInterrupt):
         run.run(progress=False, log=lambda s: None)
-    monkeypatch.setattr(loop, "run_episode", original)
+    monkeypatch.setattr(run_module, "run_episode", original)
     assert [int(r["trial"]) for r in read_rows(run_dir)] == [0, 1]
     saved = ReplayBuffer.load(os.path.join(run_dir, "buffer.npz"))
     assert len(saved) == 32
@@ -119,8 +123,10 @@ def test_evaluate_and_plot(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--env", "nope"], "Unknown task 'nope'"),
-    (["train", "--agent", "nope"], "Unknown agent 'nope'"),
-    (["train", "--model", "nope"], "Unknown model 'nope'"),
+    (["train", "--agent", "nope"], "argument --agent: invalid choice: 'nope'"),
+    (["train", "--model", "nope"], "argument --model: invalid choice: 'nope'"),
+    (["train", "--optimizer", "nope"], "argument --optimizer: invalid choice: 'nope'"),
+    (["train", "--propagation", "nope"], "argument --propagation: invalid choice: 'nope'"),
     (["train", "--trials", "0"], "must be positive"),
     (["train", "--trials", "-3"], "must be positive"),
     (["evaluate", "."], "is not a run folder"),
@@ -141,6 +147,52 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"agent": "nope"}, "Unknown agent 'nope'; known: pets, thompson, random."),
+    ({"model": {"name": "nope"}}, "Unknown model 'nope'; known: pe, de, p, d, vmlp, vlstm, "
+                                  "dropout."),
+    ({"planner": {"optimizer": "nope"}}, "Unknown optimizer 'nope'; known: cem, icem, mppi, "
+                                         "random_shooting."),
+    ({"planner": {"propagation": "nope"}}, "Unknown propagation 'nope'; known: ts1, ts_inf, "
+                                           "mean, thompson, optimistic."),
+    ({"train": {"early_stopping": "nope"}}, "Unknown early_stopping 'nope'; known: mse, nll."),
+    ({"model": {"estimator": "nope"}}, "Unknown estimator 'nope'; known: reparameterization, "
+                                       "flipout."),
+    ({"model": {"activation": "nope"}}, "Unknown activation 'nope'; known: "),
+])
+def test_unknown_names_in_a_config_file(changes, message, tmp_path, capsys):
+    assert main(["train", "--config", write_config(tmp_path, **changes),
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mbrl-bayes: {message}") and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x")
+
+
+def _choices(command, dest):
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return tuple(next(a for a in sub.choices[command]._actions if a.dest == dest).choices)
+
+
+def test_cli_choices_are_the_library_lists():
+    assert _choices("train", "agent") == AGENT_NAMES == tuple(factory.AGENT_CLASSES)
+    assert _choices("train", "model") == MODEL_NAMES == tuple(factory.MODEL_BUILDERS)
+    assert _choices("train", "optimizer") == tuple(planning.OPTIMIZERS)
+    assert _choices("train", "propagation") == planning.PROPAGATIONS
+
+
+def test_the_factory_builds_every_optimizer_from_its_planner_fields():
+    planner = PlannerConfig(population=12, elites=3, iterations=2, alpha=0.2, noise_beta=1.5,
+                            temperature=0.5)
+    for name, cls in planning.OPTIMIZERS.items():
+        opt = factory.build_optimizer(dataclasses.replace(planner, optimizer=name))
+        assert type(opt) is cls and opt.population_size == 12
+    cem, icem, mppi = (factory.build_optimizer(dataclasses.replace(planner, optimizer=name))
+                       for name in ("cem", "icem", "mppi"))
+    assert (cem.num_elites, cem.num_iterations, cem.alpha) == (3, 2, 0.2)
+    assert (icem.num_elites, icem.num_iterations, icem.alpha, icem.noise_beta) == (3, 2, 0.2, 1.5)
+    assert (mppi.num_iterations, mppi.temperature) == (2, 0.5)
 
 
 def test_corrupted_checkpoint_and_config(trained_run, tmp_path, capsys):

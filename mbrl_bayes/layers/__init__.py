@@ -2,10 +2,13 @@
 
 ``from mbrl_bayes import layers as bl``. Each layer takes the constructor arguments of the
 Haiku module it replaces, in the same order, plus ``kernel_initializer``,
-``kernel_regularizer``, ``bias_initializer`` and ``bias_regularizer``; weights are drawn from
-``hk.next_rng_key()`` (a function sample is a key); ``bl.losses()`` returns the KL penalties
-of the layers applied in the current transform call; ``bl.posterior_mean()`` evaluates every
-layer at its posterior mean (decided at trace time).
+``kernel_regularizer``, ``bias_initializer`` and ``bias_regularizer``. ``w_init`` / ``b_init``
+(default: the Haiku layer's own) initialise the posterior *mean* with the same keys as the Haiku
+layer would its weights, so a network initialised with one key starts with the posterior means
+equal to its Haiku counterpart's weights. A weight draw is ``loc + scale * jax.random.normal``
+with a key from ``hk.next_rng_key()`` (a function sample is a key); ``bl.losses()`` returns the
+KL penalties of the layers applied in the current transform call; ``bl.posterior_mean()``
+evaluates every layer at its posterior mean (decided at trace time).
 
 Function axis first: ``jax.vmap(model.apply, in_axes=(None, 0, 0))(params, keys, x)`` with
 ``keys`` [k] and ``x`` [k, m, d] (or ``hk.vmap(..., split_rng=(not hk.running_init()))``

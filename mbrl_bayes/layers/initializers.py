@@ -34,31 +34,17 @@ from mbrl_bayes.layers._validation import check_positive
 Initializer = hk.initializers.Initializer
 
 
-@dataclasses.dataclass(frozen=True)
-class _FlatTruncatedNormal:
-    """``hk.initializers.TruncatedNormal`` drawn flat and reshaped: the same distribution, but
-    XLA compiles a rank-1 draw several times faster than a rank-4 one (a conv kernel)."""
-
-    stddev: float
-    mean: float
-
-    def __call__(self, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
-        flat = hk.initializers.TruncatedNormal(self.stddev, self.mean)((int(np.prod(shape)),),
-                                                                        dtype)
-        return flat.reshape(shape)
-
-
 def fan_in_truncated_normal(shape: Sequence[int]) -> Initializer:
-    """The kernels' default mean init: ``hk.Linear`` / ``hk.ConvND``'s default distribution,
-    a normal truncated at 2 stddev with stddev ``1 / sqrt(fan_in)``, ``fan_in = prod(shape[:-1])``
-    (drawn flat, so the values differ from Haiku's for the same key)."""
-    return _FlatTruncatedNormal(stddev=float(1.0 / np.sqrt(np.prod(shape[:-1]))), mean=0.0)
+    """The kernels' default mean init: exactly the default ``w_init`` of ``hk.Linear`` and
+    ``hk.ConvND``, ``TruncatedNormal(stddev=1 / sqrt(fan_in))`` with ``fan_in =
+    prod(shape[:-1])``, so one key gives the posterior mean the weights Haiku would give."""
+    return hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(np.prod(shape[:-1])))
 
 
-def _default_raw_scale_init() -> Initializer:
-    # As Edward2's TrainableNormal: softplus(-3 +- 0.1) ~= 0.049, a small initial stddev so a
-    # freshly initialised Bayesian layer computes almost the same function as its mean.
-    return _FlatTruncatedNormal(stddev=0.1, mean=-3.0)
+# softplus(-3) ~= 0.049, Edward2's TrainableNormal's initial stddev (Edward2 jitters the raw
+# scale by TruncatedNormal(stddev=0.1); a constant takes no rng, so initialising a Bayesian
+# network uses the same keys, in the same order, as initialising its Haiku counterpart).
+_DEFAULT_RAW_SCALE_INIT = hk.initializers.Constant(-3.0)
 
 
 class TrainableInitializer(abc.ABC):
@@ -66,9 +52,10 @@ class TrainableInitializer(abc.ABC):
 
     Attributes:
       loc_init: initializer of the distribution's mean (``loc``). ``None`` defers to the layer's
-        default: for kernels the distribution ``hk.Linear`` and ``hk.Conv2D`` initialise ``w``
-        from (truncated normal, stddev ``1 / sqrt(fan_in)``), for biases zeros. A layer's
-        ``w_init`` / ``b_init`` replaces it.
+        default: for kernels the initializer ``hk.Linear`` and ``hk.Conv2D`` initialise ``w``
+        with (truncated normal, stddev ``1 / sqrt(fan_in)``), for biases zeros. A layer's
+        ``w_init`` / ``b_init`` replaces it, with the meaning it has for the Haiku layer: the
+        mean is created with ``hk.get_parameter(..., init=w_init)``, as Haiku creates ``w``.
 
     To write one: a frozen dataclass with a ``loc_init`` field (``with_loc_init`` uses
     ``dataclasses.replace``) whose ``__call__`` creates parameters named ``{name}_...``.
@@ -110,11 +97,12 @@ class TrainableNormal(TrainableInitializer):
     Attributes:
       loc_init: initializer of ``{name}_loc`` (``None``: the layer's default, see base class).
       raw_scale_init: initializer of ``{name}_raw_scale``, the pre-softplus stddev. The default,
-        ``TruncatedNormal(mean=-3, stddev=0.1)``, starts every stddev near 0.049 (Edward2's).
+        ``Constant(-3)``, starts every stddev at ``softplus(-3) ~= 0.049`` (Edward2's mean
+        value) and takes no rng key; ``TruncatedNormal(stddev=0.1, mean=-3.0)`` is Edward2's.
     """
 
     loc_init: Optional[Initializer] = None
-    raw_scale_init: Initializer = dataclasses.field(default_factory=_default_raw_scale_init)
+    raw_scale_init: Initializer = _DEFAULT_RAW_SCALE_INIT
 
     def __call__(self, name: str, shape: Sequence[int], dtype: jnp.dtype,
                  default_loc_init: Initializer) -> distrax.Distribution:

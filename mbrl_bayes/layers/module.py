@@ -8,9 +8,7 @@ import distrax
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mbrl_bayes import sampling
 from mbrl_bayes.layers import collection
 from mbrl_bayes.layers.initializers import Initializer, TrainableInitializer
 from mbrl_bayes.layers.modes import is_posterior_mean
@@ -55,12 +53,18 @@ class BayesianModule(hk.Module):
         return record.regularizer(posterior, hk.maybe_next_rng_key())
 
     def next_weight_key(self) -> Optional[jax.Array]:
-        """A fresh key for a weight sample, or ``None`` at the posterior mean.
+        """A fresh key for a weight sample from ``hk.next_rng_key()``, or ``None`` at the
+        posterior mean and in ``init``.
+
+        ``init`` only creates parameters, so it evaluates the mean and takes no key for a
+        draw: initialising a Bayesian network then takes the same keys, in the same order, as
+        initialising its Haiku counterpart (one per kernel), and its posterior means start at
+        the weights the Haiku network would get from the same key.
 
         Raises:
           ValueError: when sampling but the transformed function was applied without an rng.
         """
-        if is_posterior_mean():
+        if is_posterior_mean() or hk.running_init():
             return None
         key = hk.maybe_next_rng_key()
         if key is None:
@@ -86,21 +90,9 @@ def check_floating(inputs: jax.Array, layer: str) -> None:
         raise TypeError(f"{layer} needs floating-point inputs, got dtype {inputs.dtype}.")
 
 
-def _flat_random(sampler, key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
-    # Drawn flat and reshaped: the same distribution, but XLA compiles a rank-1 threefry several
-    # times faster than a rank-4 one (a conv kernel), which matters under jit in a training loop.
-    shape = tuple(shape)
-    return sampler(key, (int(np.prod(shape)),), dtype).reshape(shape)
-
-
-def standard_normal(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
-    """Independent ``N(0, 1)`` draws of ``shape``."""
-    return _flat_random(sampling.normal, key, shape, dtype)
-
-
 def rademacher(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
-    """Independent random signs (+1 / -1) of ``shape``."""
-    return _flat_random(lambda k, s, d: jax.random.rademacher(k, s, dtype=d), key, shape, dtype)
+    """Independent random signs (+1 / -1) of ``shape``: ``jax.random.rademacher``."""
+    return jax.random.rademacher(key, tuple(shape), dtype=dtype)
 
 
 def perturbation(distribution: distrax.Distribution,
@@ -111,7 +103,7 @@ def perturbation(distribution: distrax.Distribution,
         return None
     if isinstance(distribution, distrax.Normal):
         scale = distribution.scale
-        return scale * standard_normal(key, distribution.batch_shape, scale.dtype)
+        return scale * jax.random.normal(key, distribution.batch_shape, scale.dtype)
     return distribution.sample(seed=key) - distribution.mean()
 
 
@@ -120,7 +112,8 @@ def sample_or_mean(distribution: distrax.Distribution,
     """One draw from ``distribution`` with ``key``; its mean when ``key`` is ``None`` or it is a
     point mass (which then consumes no randomness).
 
-    A normal draw is ``loc + scale * eps`` with ``eps = standard_normal(key, shape)``.
+    A normal draw is ``loc + scale * eps`` with ``eps = jax.random.normal(key, shape)``, as
+    ``distrax.Normal.sample`` draws it.
     """
     if key is None or isinstance(distribution, distrax.Deterministic):
         return distribution.mean()

@@ -134,6 +134,8 @@ class _BayesianLSTMCell(hk.RNNCore, BayesianModule):
                 f"{layer} needs the state made by its initial_state(), which carries the "
                 f"sequence's weight key; got {type(state).__name__}. To start from your own "
                 f"hidden/cell use cell.initial_state(batch_size)._replace(hidden=h, cell=c).")
+        if hk.running_init():
+            return None  # init creates parameters at the mean (see next_weight_key)
         if state.weight_key is None:
             raise ValueError(
                 f"{layer}: this state was made at the posterior mean and carries no weight "

@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbrl_bayes import sampling
-
 
 def colored_noise(
     key: jax.Array, beta: float, shape: Sequence[int], length: int
@@ -24,7 +22,7 @@ def colored_noise(
     shape = tuple(int(s) for s in shape)
     length = int(length)
     if beta == 0 or length < 2:
-        return sampling.normal(key, shape + (length,), jnp.float32)
+        return jax.random.normal(key, shape + (length,), jnp.float32)
     freqs = np.fft.rfftfreq(length)
     freqs = np.maximum(freqs, 1.0 / length)
     scale = freqs ** (-beta / 2.0)
@@ -37,8 +35,8 @@ def colored_noise(
     sigma = np.sqrt(np.sum(weights * scale**2)) / length
     kr, ki = jax.random.split(key)
     nf = len(freqs)
-    real = sampling.normal(kr, shape + (nf,), jnp.float32) * scale
-    imag = sampling.normal(ki, shape + (nf,), jnp.float32) * scale
+    real = jax.random.normal(kr, shape + (nf,), jnp.float32) * scale
+    imag = jax.random.normal(ki, shape + (nf,), jnp.float32) * scale
     # The DC (and, for even lengths, Nyquist) coefficients of a real signal are real.
     fix = np.ones(nf, np.float32)
     fix[0] = np.sqrt(2.0)

@@ -19,12 +19,11 @@ Python at run time. Non-finite objective values are treated as the worst possibl
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Protocol, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Protocol, Tuple, Type
 
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes import sampling
 from mbrl_bayes.planning.noise import colored_noise
 
 # objective_fn(action_seqs [N, H, a], key) -> values [N] (maximized)
@@ -341,7 +340,7 @@ class MPPI:
         def body(i, carry):
             mean, best = carry
             sample_key, eval_key = jax.random.split(jax.random.fold_in(key, i))
-            raw = mean + std * sampling.normal(sample_key, shape, jnp.float32)
+            raw = mean + std * jax.random.normal(sample_key, shape, jnp.float32)
             if self.smoothing:
                 s = self.smoothing
 
@@ -389,3 +388,12 @@ class RandomShooting:
         plan = samples[i]
         new_state = PlanState(_shift(plan, (low + high) / 2), low, high)
         return plan, new_state, {"best_value": values[i], "best_sequence": plan}
+
+
+# The optimizers by name: what a run config's ``planner.optimizer`` and the CLI accept.
+OPTIMIZERS: Dict[str, Type[TrajectoryOptimizer]] = {
+    "cem": CEM,
+    "icem": ICEM,
+    "mppi": MPPI,
+    "random_shooting": RandomShooting,
+}

@@ -1,0 +1,170 @@
+"""The model-based RL loop: seed data, then per trial train -> plan an episode -> log -> save.
+
+A :class:`Run` lives in a run folder (:mod:`agents.run_folder`) and commits it at the end of
+each trial, so killing a run at any moment loses at most the trial in progress; ``resume``
+continues from the last finished trial with the replay buffer intact. Randomness is derived from
+``(seed, trial)``, so a resumed run takes the same keys as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import jax
+import numpy as np
+
+import envs
+from agents.calibration import calibration
+from agents.checkpoint import CheckpointError
+from agents.config import RunConfig
+from agents.episode import env_seed, episode_key, run_episode
+from agents.factory import build_agent
+from agents.progress import episode_bar, trial_summary
+from agents.run_folder import MODEL, STATE, RunError, RunFolder
+from mbrl_bayes.data import ReplayBuffer
+
+# Phases of a run's keys and env seeds: (seed, phase, index).
+_SEED_DATA, _TRIAL, _EVALUATE = 0, 1, 2
+
+
+class Run:
+    """A training run in a folder: creates, resumes and advances it (see the module docstring)."""
+
+    def __init__(self, out_dir: str, config: RunConfig):
+        self.out_dir = out_dir
+        self.folder = RunFolder(out_dir)
+        self.config = config.validate()
+        self.spec = envs.task(config.env)
+        self.episode_length = config.episode_length or self.spec.episode_length
+        self.agent = build_agent(config)
+        capacity = max(config.seed_steps, 1) + config.trials * self.episode_length
+        self.buffer = ReplayBuffer(capacity, self.spec.obs_dim, self.spec.act_dim)
+        self.trials_done = -1  # -1: no seed data yet; 0: seed data only
+        self.rows: List[Dict[str, Any]] = []
+
+    def path(self, name: str) -> str:
+        return self.folder.path(name)
+
+    @classmethod
+    def create(cls, out_dir: str, config: RunConfig) -> "Run":
+        """A new run in ``out_dir`` (RunError if it already holds one)."""
+        if RunFolder(out_dir).holds_run():
+            raise RunError(f"{out_dir} already holds a run; use --resume {out_dir} to continue it.")
+        run = cls(out_dir, config)
+        run.folder.save_config(config)
+        return run
+
+    @classmethod
+    def resume(cls, out_dir: str, trials: Optional[int] = None) -> "Run":
+        """The run in ``out_dir`` at its last finished trial; ``trials`` sets a new total."""
+        folder = RunFolder(out_dir)
+        config = folder.load_config()
+        if trials is not None:
+            if trials < 0:
+                raise RunError(f"trials must be positive, got {trials}.")
+            config.trials = max(trials, 1)
+            folder.save_config(config)
+        run = cls(out_dir, config)
+        if not folder.holds_run():
+            return run  # killed before the seed data was saved: start afresh
+        state = folder.load_state()
+        run.trials_done = int(state["trials_done"])
+        buffer = folder.load_buffer()
+        # Grow the capacity if --trials was raised.
+        run.buffer = ReplayBuffer(max(run.buffer.capacity, len(buffer)), buffer.obs_dim,
+                                  buffer.act_dim)
+        if len(buffer):
+            run.buffer.add(**buffer.as_dict())
+        if state.get("env_steps") is not None and int(state["env_steps"]) != len(run.buffer):
+            raise RunError(f"{out_dir}: the replay buffer does not match {STATE}.")
+        if run.agent.params is None and run.trials_done > 0:
+            run.agent.params = folder.load_params()
+        run.rows = folder.read_rows()[: run.trials_done + 1]
+        return run
+
+    def _commit(self) -> None:
+        self.folder.commit(self.buffer, getattr(self.agent, "params", None), self.rows,
+                           self.trials_done)
+
+    def run(self, progress: bool = True, log: Callable[[str], None] = print) -> List[Dict]:
+        """Runs (or continues) until ``config.trials`` trials are done; returns the rows."""
+        env = envs.make(self.config.env)
+        try:
+            if self.trials_done < 0:
+                self._seed_data(env, log)
+            while self.trials_done < self.config.trials:
+                self._trial(env, self.trials_done + 1, progress, log)
+        finally:
+            env.close()
+        return self.rows
+
+    def _seed_data(self, env: Any, log: Callable[[str], None]) -> None:
+        cfg = self.config
+        random_agent = build_agent(RunConfig(env=cfg.env, agent="random"))
+        returns, episode = [], 0
+        while len(self.buffer) < cfg.seed_steps:
+            steps = min(self.episode_length, cfg.seed_steps - len(self.buffer))
+            out = run_episode(env, random_agent, episode_key(cfg.seed, _SEED_DATA, episode),
+                              env_seed(cfg.seed, _SEED_DATA, episode), steps, self.buffer)
+            returns.append(out["return"] * self.episode_length / max(out["steps"], 1))
+            episode += 1
+        row = {"trial": 0, "env_steps": len(self.buffer),
+               "return": float(np.mean(returns)) if returns else float("nan"),
+               "episode_steps": len(self.buffer)}
+        self.rows = [row]
+        self.trials_done = 0
+        self._commit()
+        log(f"seed data: {len(self.buffer)} random steps, return {row['return']:.1f}"
+            f" (scaled to {self.episode_length} steps)")
+
+    def _trial(self, env: Any, trial: int, progress: bool, log: Callable[[str], None]) -> None:
+        cfg = self.config
+        train_key, key, calib_key = jax.random.split(episode_key(cfg.seed, _TRIAL, trial), 3)
+        train_info = self.agent.update(self.buffer, train_key)
+        bar = episode_bar(progress, self.episode_length, f"trial {trial}/{cfg.trials}",
+                          self.rows[-1].get("return"), train_info.get("holdout_mse"))
+        episode = run_episode(
+            env, self.agent, key, env_seed(cfg.seed, _TRIAL, trial), self.episode_length,
+            self.buffer, on_step=bar.update if bar else None,
+        )
+        if bar:
+            bar.close()
+        row: Dict[str, Any] = {
+            "trial": trial, "env_steps": len(self.buffer), "return": episode["return"],
+            "episode_steps": episode["steps"],
+            "train_loss": train_info.get("train_loss"),
+            "holdout_mse": train_info.get("holdout_mse"),
+            "holdout_nll": train_info.get("holdout_nll"),
+            "train_epochs": train_info.get("epochs"),
+            "seconds_train": train_info.get("seconds"),
+            "seconds_plan": episode["seconds_plan"],
+            "seconds_per_action": episode["seconds_plan"] / max(episode["steps"], 1),
+        }
+        if cfg.eval_calibration:
+            row.update(calibration(self.agent, episode, calib_key))
+        self.rows.append(row)
+        self.trials_done = trial
+        self._commit()
+        log(trial_summary(row, cfg.trials))
+
+
+def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = False
+             ) -> List[float]:
+    """Returns of ``episodes`` episodes of the run's saved agent."""
+    if episodes <= 0:
+        raise RunError(f"episodes must be positive, got {episodes}.")
+    run = Run.resume(run_dir)
+    if run.trials_done < 1 and run.config.agent != "random":
+        raise RunError(f"{run_dir} has no trained model yet (no finished trial).")
+    if run.config.agent != "random" and run.agent.params is None:
+        raise CheckpointError(f"{run_dir}/{MODEL} is missing.")
+    env = envs.make(run.config.env)
+    returns = []
+    try:
+        for i in range(episodes):
+            out = run_episode(env, run.agent, episode_key(seed, _EVALUATE, i),
+                              env_seed(seed, _EVALUATE, i), run.episode_length)
+            returns.append(out["return"])
+    finally:
+        env.close()
+    return returns
