@@ -22,12 +22,9 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
-    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): ``"step"`` (or ``true``) plans with
-    each step's network run as one Pallas/Triton kernel, ``"horizon"`` with each rollout's whole
-    horizon as one kernel launch (``ts_inf``/``thompson``/``optimistic``; the other propagation
-    modes keep XLA's products), ``"mosaic"`` with that whole-horizon kernel written for Pallas'
-    Mosaic GPU backend (Hopper and later; bfloat16 operands, 128 rows per block);
-    ``mbrl_bayes.models.FusedMLPConfig`` defaults otherwise.
+    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU; see ``FUSED_KERNELS``): plan through
+    the Pallas kernels of ``mbrl_bayes.kernels`` (a ``KernelEnsemble`` with that backend:
+    ``"triton"`` or ``"mosaic"``, Hopper and later); ``None``: XLA.
     """
 
     name: str = "pe"
@@ -41,23 +38,22 @@ class ModelConfig:
     prior_stddev: float = 1.0
     lstm_size: int = 64
     sequence_length: int = 10
-    fused_kernel: bool | str = False
+    fused_kernel: Optional[str] = None
 
 
-FUSED_KERNELS = ("step", "horizon", "mosaic")
+# The Pallas backends a model may plan with (``mbrl_bayes.kernels.BACKENDS``, which is imported
+# only when a kernel is asked for).
+FUSED_KERNELS = ("triton", "mosaic")
 
 
 def fused_kernel_kind(model: ModelConfig) -> Optional[str]:
-    """``model.fused_kernel`` as one of ``FUSED_KERNELS`` (``True`` is ``"step"``), or None;
-    a one-line ValueError for anything else."""
+    """``model.fused_kernel`` as one of ``FUSED_KERNELS``, or None (``false`` and ``""`` too:
+    run configs written before the kernels had names); a one-line ValueError otherwise."""
     kind = model.fused_kernel
     if kind is False or kind is None or kind == "":
         return None
-    if kind is True:
-        return "step"
     if kind not in FUSED_KERNELS:
-        raise ValueError(f"fused_kernel must be one of {FUSED_KERNELS} (or true/false), got "
-                         f"{kind!r}.")
+        raise ValueError(f"fused_kernel must be one of {FUSED_KERNELS} or null, got {kind!r}.")
     return kind
 
 
