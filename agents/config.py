@@ -10,7 +10,8 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 # The names a run config (and the CLI) accepts for ``model.name`` and ``agent``; the factory
 # dispatches on them. Optimizer, propagation, early-stopping, estimator and activation names live
 # with what they name (``planning.OPTIMIZERS``, ``planning.PROPAGATIONS``, ...).
-MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "vlstm", "dropout")
+ENSEMBLE_MODEL_NAMES = ("pe", "de", "p", "d")  # the PETS variants
+MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout")
 AGENT_NAMES = ("pets", "thompson", "random")
 
 
@@ -23,12 +24,9 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
-    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): ``"step"`` (or ``true``) plans with
-    each step's network run as one Pallas/Triton kernel, ``"horizon"`` with each rollout's whole
-    horizon as one kernel launch (``ts_inf``/``thompson``/``optimistic``; the other propagation
-    modes keep XLA's products), ``"mosaic"`` with that whole-horizon kernel written for Pallas'
-    Mosaic GPU backend (Hopper and later; bfloat16 operands, 128 rows per block);
-    ``mbrl_bayes.models.FusedMLPConfig`` defaults otherwise.
+    ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU; see ``FUSED_KERNELS``): plan through
+    the Pallas kernels of ``mbrl_bayes.kernels`` (a ``KernelEnsemble`` with that backend:
+    ``"triton"`` or ``"mosaic"``, Hopper and later); ``None``: XLA.
     """
 
     name: str = "pe"
@@ -42,23 +40,22 @@ class ModelConfig:
     prior_stddev: float = 1.0
     lstm_size: int = 64
     sequence_length: int = 10
-    fused_kernel: bool | str = False
+    fused_kernel: Optional[str] = None
 
 
-FUSED_KERNELS = ("step", "horizon", "mosaic")
+# The Pallas backends a model may plan with (``mbrl_bayes.kernels.BACKENDS``, which is imported
+# only when a kernel is asked for).
+FUSED_KERNELS = ("triton", "mosaic")
 
 
 def fused_kernel_kind(model: ModelConfig) -> Optional[str]:
-    """``model.fused_kernel`` as one of ``FUSED_KERNELS`` (``True`` is ``"step"``), or None;
-    a one-line ValueError for anything else."""
+    """``model.fused_kernel`` as one of ``FUSED_KERNELS``, or None (``false`` and ``""`` too:
+    run configs written before the kernels had names); a one-line ValueError otherwise."""
     kind = model.fused_kernel
     if kind is False or kind is None or kind == "":
         return None
-    if kind is True:
-        return "step"
     if kind not in FUSED_KERNELS:
-        raise ValueError(f"fused_kernel must be one of {FUSED_KERNELS} (or true/false), got "
-                         f"{kind!r}.")
+        raise ValueError(f"fused_kernel must be one of {FUSED_KERNELS} or null, got {kind!r}.")
     return kind
 
 
@@ -66,8 +63,9 @@ def check_fused_kernel(model: ModelConfig) -> None:
     """Raises a one-line ValueError if ``model.fused_kernel`` is set where it cannot run."""
     if fused_kernel_kind(model) is None:
         return
-    if model.name not in ("pe", "de", "p", "d"):
-        raise ValueError(f"fused_kernel applies to the ensemble models (pe, de, p, d), not "
+    if model.name not in ENSEMBLE_MODEL_NAMES:
+        raise ValueError(f"fused_kernel applies to the ensemble models "
+                         f"({', '.join(ENSEMBLE_MODEL_NAMES)}), not "
                          f"{model.name!r}.")
     import jax
 

@@ -20,15 +20,15 @@ from agents.config import (
 from mbrl_bayes import models, planning
 
 
-def fused_mlp_config(cfg: ModelConfig):
-    """The ``FusedMLPConfig`` that ``cfg.fused_kernel`` names, or None (XLA's products)."""
+def kernel_config(cfg: ModelConfig):
+    """The ``mbrl_bayes.kernels.KernelConfig`` that ``cfg.fused_kernel`` names, or None (XLA).
+    The one place that selects a kernel; the kernels package is imported only here."""
     kind = fused_kernel_kind(cfg)
     if kind is None:
         return None
-    if kind == "mosaic":
-        return models.FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
-                                     backend="mosaic")
-    return models.FusedMLPConfig(whole_horizon=kind == "horizon")
+    from mbrl_bayes import kernels
+
+    return kernels.KernelConfig(backend=kind)
 
 
 # name -> (ensemble, probabilistic) of the PETS variants (Chua et al. 2018).
@@ -39,14 +39,14 @@ _ENSEMBLE_VARIANTS = {"pe": (True, True), "de": (True, False), "p": (False, True
 def _ensemble(cfg: ModelConfig, common: dict) -> Any:
     ensemble, probabilistic = _ENSEMBLE_VARIANTS[cfg.name]
     check_fused_kernel(cfg)
-    fused = fused_mlp_config(cfg)
-    return models.ProbabilisticEnsemble(
-        **common,
-        ensemble_size=cfg.ensemble_size if ensemble else 1,
-        probabilistic=probabilistic,
-        num_elites=cfg.num_elites if ensemble else None,
-        fused_mlp=fused,
-    )
+    kwargs = dict(common, ensemble_size=cfg.ensemble_size if ensemble else 1,
+                  probabilistic=probabilistic, num_elites=cfg.num_elites if ensemble else None)
+    kernel = kernel_config(cfg)
+    if kernel is None:
+        return models.ProbabilisticEnsemble(**kwargs)
+    from mbrl_bayes.kernels import KernelEnsemble
+
+    return KernelEnsemble(**kwargs, kernel=kernel)
 
 
 def _dropout(cfg: ModelConfig, common: dict) -> Any:

@@ -14,12 +14,9 @@ where those differ (the faster counts). ``floor_seconds`` is the model FLOPs at 
 peak; ``ratio_to_floor`` = seconds_per_action / floor_seconds. Float32 matmuls run at JAX's
 default precision (TF32 on NVIDIA GPUs; ``--matmul-precision highest`` for full float32).
 ``--unroll`` sets how far the rollout's horizon loop is unrolled (``0``: all of it; default 1,
-the MPC's default). ``--mlp-kernel pallas`` (GPUs only) runs each step's network as the fused
-Pallas/Triton kernel of ``mbrl_bayes.models.fused_mlp`` (``--block-rows``, ``--num-warps``,
-``--dot-dtype``, ``--max-chunk``, ``--pad-to-power-of-two``, ``--num-stages`` tune it;
-``--whole-horizon`` runs each rollout's whole horizon as one launch of
-``mbrl_bayes.models.fused_rollout`` instead, ``--staged`` with its activations in memory). The
-last line printed is one JSON object.
+the MPC's default). ``--kernel triton`` or ``--kernel mosaic`` (GPUs only) plans through the
+Pallas kernels of ``mbrl_bayes.kernels`` (a ``KernelEnsemble``; ``--block-rows`` and
+``--dot-dtype`` set its ``KernelConfig``). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl_bayes.compile import CPU_DOTS_WITHOUT_YNNPACK, compiler_options, jit  # noqa: E402
-from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble  # noqa: E402
+from mbrl_bayes.models import ProbabilisticEnsemble  # noqa: E402
 from mbrl_bayes.planning import CEM, MPC  # noqa: E402
 
 CONFIGS = {
@@ -130,10 +127,17 @@ def reward_fn(obs, act, next_obs):
     return -jnp.sum(next_obs**2, axis=-1) - 0.01 * jnp.sum(act**2, axis=-1)
 
 
-def build(cfg: dict, propagation: str, unroll=1, devices=None, fused_mlp=None):
-    model = ProbabilisticEnsemble(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"],
-                                  hidden_sizes=cfg["hidden"], ensemble_size=cfg["ensemble_size"],
-                                  fused_mlp=fused_mlp)
+def build(cfg: dict, propagation: str, unroll=1, devices=None, kernel=None):
+    """The MPC, params and a start state of ``cfg``; ``kernel``: a
+    ``mbrl_bayes.kernels.KernelConfig`` (a ``KernelEnsemble``) or None (XLA)."""
+    kwargs = dict(obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"], hidden_sizes=cfg["hidden"],
+                  ensemble_size=cfg["ensemble_size"])
+    if kernel is None:
+        model = ProbabilisticEnsemble(**kwargs)
+    else:
+        from mbrl_bayes.kernels import KernelEnsemble
+
+        model = KernelEnsemble(**kwargs, kernel=kernel)
     rng = np.random.default_rng(0)
     n = 1000
     data = {
@@ -189,38 +193,31 @@ def make_parser() -> argparse.ArgumentParser:
                         help="jax.default_matmul_precision for the actions and the peak")
     parser.add_argument("--profile", action="store_true",
                         help="also print where one action's time goes (XLA thunks)")
-    parser.add_argument("--mlp-kernel", choices=["xla", "pallas"], default="xla",
-                        help="the model's forward pass: XLA's products (default) or the fused "
-                             "Pallas/Triton kernel (GPUs)")
-    parser.add_argument("--block-rows", type=int, default=64, help="fused kernel: rows/program")
-    parser.add_argument("--num-warps", type=int, default=4, help="fused kernel: warps/program")
-    parser.add_argument("--dot-dtype", default="float32",
+    parser.add_argument("--kernel", choices=["triton", "mosaic"], default=None,
+                        help="plan through the Pallas kernels of mbrl_bayes.kernels with this "
+                             "backend (GPUs; default: XLA)")
+    parser.add_argument("--block-rows", type=int, default=None,
+                        help="kernel: particles per program (default 64 Triton, 128 Mosaic)")
+    parser.add_argument("--dot-dtype", default="bfloat16",
                         choices=["float32", "bfloat16", "float16"],
-                        help="fused kernel: operand dtype of the products")
-    parser.add_argument("--max-chunk", type=int, default=64,
-                        help="fused kernel: widest piece a layer width is cut into")
-    parser.add_argument("--pad-to-power-of-two", action="store_true",
-                        help="fused kernel: pad widths to powers of two (200 -> 256)")
-    parser.add_argument("--whole-horizon", action="store_true",
-                        help="fused kernel: the whole rollout horizon in one launch")
-    parser.add_argument("--staged", action="store_true",
-                        help="whole-horizon kernel: hidden activations in memory, pipelined "
-                             "layer loops")
-    parser.add_argument("--backend", choices=["triton", "mosaic"], default="triton",
-                        help="fused kernel: Pallas backend (mosaic: the whole-horizon kernel on "
-                             "Mosaic GPU, Hopper and later; with --whole-horizon)")
-    parser.add_argument("--num-stages", type=int, default=None,
-                        help="fused kernel: Triton pipelining stages (default: Triton's / 1)")
+                        help="kernel: operand dtype of the products")
     return parser
 
 
-def fused_config(args: argparse.Namespace) -> FusedMLPConfig:
-    """The ``FusedMLPConfig`` that the kernel flags in ``args`` describe."""
-    return FusedMLPConfig(
-        block_rows=args.block_rows, num_warps=args.num_warps, dot_dtype=args.dot_dtype,
-        max_chunk=args.max_chunk, pad_to_power_of_two=args.pad_to_power_of_two,
-        whole_horizon=args.whole_horizon, staged=args.staged, num_stages=args.num_stages,
-        backend=args.backend)
+def kernel_config(args: argparse.Namespace):
+    """The ``KernelConfig`` that the kernel flags in ``args`` describe (None: XLA)."""
+    if args.kernel is None:
+        return None
+    from mbrl_bayes.kernels import KernelConfig
+
+    return KernelConfig(backend=args.kernel, block_rows=args.block_rows,
+                        dot_dtype=args.dot_dtype)
+
+
+def kernel_flags(config) -> str:
+    """``benchmarks/planning.py`` flags for the ``KernelConfig`` ``config``."""
+    return (f"--kernel {config.backend} --block-rows {config.block_rows} "
+            f"--dot-dtype {config.dot_dtype}")
 
 
 def main(argv=None) -> dict:
@@ -228,13 +225,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.unroll < 0:
         parser.error(f"--unroll must be >= 0, got {args.unroll}")
-    args.fused_mlp = None
-    if args.mlp_kernel == "pallas":
+    args.kernel_config = None
+    if args.kernel is not None:
         if jax.default_backend() != "gpu":
-            parser.error("--mlp-kernel pallas needs a GPU (elsewhere the kernel only runs in "
-                         "Pallas' slow interpreter)")
+            parser.error("--kernel needs a GPU (elsewhere the kernels only run in Pallas' slow "
+                         "interpreter)")
         try:
-            args.fused_mlp = fused_config(args)
+            args.kernel_config = kernel_config(args)
         except ValueError as error:
             parser.error(str(error))
     if args.matmul_precision is None:
@@ -247,7 +244,7 @@ def _run(args) -> dict:
     cfg = CONFIGS[args.config]
     load_before = os.getloadavg()[0]
     unroll = True if args.unroll == 0 else args.unroll
-    mpc, params, obs = build(cfg, args.propagation, unroll, fused_mlp=args.fused_mlp)
+    mpc, params, obs = build(cfg, args.propagation, unroll, kernel=args.kernel_config)
     state = mpc.reset(params, jax.random.PRNGKey(0))
     start = time.perf_counter()
     action, state = mpc.act(params, state, obs, jax.random.PRNGKey(1))
@@ -276,7 +273,7 @@ def _run(args) -> dict:
         "propagation": args.propagation,
         "unroll": mpc.unroll,
         "matmul_precision": args.matmul_precision or "default",
-        "mlp_kernel": args.mlp_kernel if args.fused_mlp is None else str(args.fused_mlp),
+        "kernel": "xla" if args.kernel_config is None else str(args.kernel_config),
         "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}"
                   f" ({platform.machine()}, {os.cpu_count()} cpus)",
         "seconds_per_action": seconds,

@@ -1,11 +1,11 @@
-"""Registers, spills and shared memory of the Pallas GPU kernels, compiled for a GPU without one.
+"""Registers, spills and shared memory of the Triton kernels, compiled for a GPU without one.
 
     pip install -e '.[triton]'   # Triton's compiler, ptxas, nvdisasm: any x86-64 Linux machine
     python benchmarks/triton_resources.py --out docs/results/triton_resources [--arch 90]
 
-For every kernel variant that ``benchmarks/gpu_fused.py`` times (the per-step network kernel of
-``mbrl_bayes.models.fused_mlp`` and the whole-horizon rollout kernel of
-``mbrl_bayes.models.fused_rollout``, at the ``pets_halfcheetah`` sizes), Pallas lowers the kernel
+For each Triton kernel of ``mbrl_bayes.kernels`` (``KERNELS``: the per-step network kernel of
+``fused_mlp`` and the whole-horizon rollout kernel of ``fused_rollout``, at the
+``pets_halfcheetah`` sizes, for the ``KernelConfig`` choices a user has), Pallas lowers the kernel
 to Triton IR on this machine (the lowering ``jax.export`` runs for CUDA); the ``triton`` package
 compiles that IR for the chosen architecture (``--arch 90``: H100/H200, ``sm_90a``) and its
 bundled ``ptxas -v`` reports what each thread needs. Per variant: registers per thread, the bytes
@@ -17,9 +17,9 @@ serialize them for lack of registers, and the occupancy that follows on an H100/
 programs in the grid, programs resident per SM, and the waves the grid takes.
 
 These are estimates of what XLA builds: jaxlib carries its own Triton (OpenXLA's), not the
-``triton`` package's release, with the same passes up to version drift. They rank variants
-before a GPU is available; only ``benchmarks/gpu_fused.py`` on a GPU measures speed. One JSON
-object per variant in ``DIR/resources.jsonl``, a table in ``DIR/resources.txt``.
+``triton`` package's release, with the same passes up to version drift; only
+``benchmarks/gpu_fused.py`` on a GPU measures speed. One JSON object per kernel in
+``DIR/resources.jsonl``, a table in ``DIR/resources.txt``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # as XLA compiles Triton
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# (kernel, KernelConfig arguments): the defaults first, then the other block size and dtypes.
+KERNELS = [
+    ("rollout", {}), ("rollout", dict(block_rows=128)), ("rollout", dict(dot_dtype="float32")),
+    ("mlp", {}), ("mlp", dict(block_rows=128)), ("mlp", dict(dot_dtype="float32")),
+]
 SHARED_LIMIT_KB = 227  # per block on sm_90 (opt-in maximum)
 # An H100/H200 (sm_90): streaming multiprocessors and per-SM limits.
 NUM_SMS, SM_REGISTERS, SM_SHARED_KB, SM_WARPS, SM_BLOCKS = 132, 65536, 228, 64, 32
@@ -57,17 +62,22 @@ def occupancy(registers: int, num_warps: int, shared_kb: float, programs: int) -
     return {"programs": programs, "programs_per_sm": per_sm, "waves": waves}
 
 
-def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
-    """The Triton IR that Pallas emits for ``kernel`` ('mlp' or 'rollout') at halfcheetah size."""
+def variant_name(fused) -> str:
+    """``r<block_rows> w<warps> <dot dtype>`` of a ``KernelConfig``."""
+    return f"r{fused.block_rows} w{fused.num_warps} {fused.dot_dtype}"
+
+
+def _lowered_triton_ir(kernel: str, fused) -> str:
+    """The Triton IR that Pallas emits for ``kernel`` ('mlp' or 'rollout') at halfcheetah size
+    with the ``KernelConfig`` ``fused``."""
     import jax
     import jax.numpy as jnp
     import planning as bench
-    from gpu_fused import config_of
     from jax._src.pallas.triton import pallas_call_registration as registration
 
+    from mbrl_bayes.kernels.fused_mlp import fused_stacked_mlp, pack_stacked_mlp
+    from mbrl_bayes.kernels.fused_rollout import fused_rollout, pack_rollout
     from mbrl_bayes.models.ensemble import init_stacked_mlp
-    from mbrl_bayes.models.fused_mlp import fused_stacked_mlp, pack_stacked_mlp
-    from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
     from mbrl_bayes.models.normalization import Normalizer
 
     captured = []
@@ -82,7 +92,6 @@ def _lowered_triton_ir(kernel: str, variant: tuple | dict) -> str:
     d, a, k = cfg["obs_dim"], cfg["act_dim"], cfg["ensemble_size"]
     m, horizon = _rows_per_draw(), cfg["horizon"]
     layers = init_stacked_mlp(jax.random.PRNGKey(0), k, (d + a,) + cfg["hidden"] + (2 * d,))
-    fused = config_of(variant, whole_horizon=kernel == "rollout")
     if kernel == "rollout":
         stats = {"input": Normalizer.identity(d + a), "target": Normalizer.identity(d)}
         bounds = {"max": jnp.zeros((d,)), "min": jnp.zeros((d,))}
@@ -143,17 +152,18 @@ def count_local_memory(sass: str) -> dict:
             "local_load_instructions": len(re.findall(r"\bLDL(?:\.\w+)*\s", sass))}
 
 
-def measure(kernel: str, variant: tuple | dict, arch: int) -> dict:
-    """Compiles one variant; returns its resources (or the error)."""
+def measure(kernel: str, arguments: dict, arch: int) -> dict:
+    """Compiles one kernel with ``KernelConfig(**arguments)``; returns its resources (or the
+    error)."""
     import triton
-    from gpu_fused import config_of, variant_name
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
 
-    fused = config_of(variant, whole_horizon=kernel == "rollout")
-    stages = fused.num_stages  # the defaults of fused_stacked_mlp / fused_rollout
-    if stages is None:
-        stages = 1 if fused.whole_horizon and not fused.staged else 3
+    from mbrl_bayes.kernels import KernelConfig
+    from mbrl_bayes.kernels.fused_rollout import _NUM_STAGES
+
+    fused = KernelConfig(**arguments)
+    stages = _NUM_STAGES if kernel == "rollout" else 3  # as the kernels compile (3: Triton's)
     entry = {"kernel": kernel, "variant": variant_name(fused), "num_stages": stages,
              "arch": f"sm_{arch}a"}
     start = time.perf_counter()
@@ -161,7 +171,7 @@ def measure(kernel: str, variant: tuple | dict, arch: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             source = os.path.join(tmp, "kernel.ttir")
             with open(source, "w") as f:
-                f.write(_lowered_triton_ir(kernel, variant))
+                f.write(_lowered_triton_ir(kernel, fused))
             compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                       options={"num_warps": fused.num_warps,
                                                "num_stages": stages})
@@ -216,15 +226,13 @@ def main(argv=None) -> None:
         import triton  # noqa: F401
     except ImportError:
         parser.error("needs the triton package: pip install -e '.[triton]' (or pip install triton)")
-    from gpu_fused import ROLLOUT_VARIANTS, VARIANTS
-
-    jobs = [(kernel, variant) for kernel in args.kernels
-            for variant in (VARIANTS if kernel == "mlp" else ROLLOUT_VARIANTS)]
+    jobs = [(kernel, arguments) for kernel, arguments in KERNELS if kernel in args.kernels]
     os.makedirs(args.out, exist_ok=True)
     entries = []
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.workers) as pool, \
             open(os.path.join(args.out, "resources.jsonl"), "w") as log:
-        futures = [pool.submit(measure, kernel, variant, args.arch) for kernel, variant in jobs]
+        futures = [pool.submit(measure, kernel, arguments, args.arch)
+                   for kernel, arguments in jobs]
         for future in futures:  # in job order
             entry = future.result()
             entries.append(entry)

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from agents.config import AGENT_NAMES, MODEL_NAMES
+from agents.config import AGENT_NAMES, FUSED_KERNELS, MODEL_NAMES
 from experiments.presets import preset_config
 from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
 
@@ -64,11 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--population", type=_positive_int)
     train.add_argument("--particles", type=_positive_int)
     train.add_argument("--seed-steps", type=int, help="random steps before the first trial")
-    train.add_argument("--fused-kernel", nargs="?", const="step",
-                       choices=["step", "horizon", "mosaic"], default=None,
-                       help="plan with fused Pallas kernels (GPUs; pe/de/p/d): each step's "
-                            "network (step, the default) or a rollout's whole horizon (horizon: "
-                            "Triton; mosaic: Mosaic GPU, Hopper and later)")
+    train.add_argument("--fused-kernel", choices=FUSED_KERNELS, default=None,
+                       help="plan through Pallas GPU kernels (pe/de/p/d): triton (any CUDA "
+                            "GPU) or mosaic (Mosaic GPU, Hopper and later)")
     train.add_argument("--config", help="a JSON RunConfig file (flags override it)")
     train.add_argument("--out", help="run folder; default runs/<env>-<agent>-<model>-s<seed>")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")

@@ -116,21 +116,20 @@ def test_config_json_round_trip(tmp_path):
         bad.validate()
 
 
-@pytest.mark.parametrize("kind, whole_horizon, backend", [
-    (True, False, "triton"), ("step", False, "triton"), ("horizon", True, "triton"),
-    ("mosaic", True, "mosaic")])
-def test_fused_kernel_names_its_kernel(kind, whole_horizon, backend):
-    from agents.factory import fused_mlp_config
+@pytest.mark.parametrize("kind", ["triton", "mosaic"])
+def test_fused_kernel_names_its_kernel(kind):
+    from agents.factory import kernel_config
 
-    assert fused_mlp_config(ModelConfig(fused_kernel=False)) is None
-    cfg = fused_mlp_config(ModelConfig(fused_kernel=kind))
-    assert isinstance(cfg, models.FusedMLPConfig) and cfg.whole_horizon == whole_horizon
-    assert cfg.backend == backend
+    assert kernel_config(ModelConfig(fused_kernel=None)) is None
+    assert kernel_config(ModelConfig(fused_kernel=False)) is None  # older run configs
+    cfg = kernel_config(ModelConfig(fused_kernel=kind))
+    assert type(cfg).__name__ == "KernelConfig" and cfg.backend == kind
     config = tiny_config()
-    config.model.fused_kernel = "sideways"
-    with pytest.raises(ValueError, match="fused_kernel must be one of "
-                                         "\\('step', 'horizon', 'mosaic'\\)"):
-        config.validate()
+    for bad in ("sideways", "horizon", True):
+        config.model.fused_kernel = bad
+        with pytest.raises(ValueError, match="fused_kernel must be one of "
+                                             "\\('triton', 'mosaic'\\) or null"):
+            config.validate()
 
 
 def test_pets_agent_with_the_recurrent_model():

@@ -1,4 +1,4 @@
-"""The GPU benchmark scripts' own logic, checked on the CPU: every kernel variant they time is a
+"""The GPU benchmark scripts' own logic, checked on the CPU: every kernel planner they time is a
 valid configuration that ``benchmarks/planning.py``'s flags reproduce, and the offline resource
 check reads ptxas' report."""
 
@@ -38,21 +38,33 @@ def test_parse_ptxas_report():
         triton_resources.parse_ptxas("ptxas fatal   : Unresolved extern function")
 
 
-@pytest.mark.parametrize("variant", gpu_fused.VARIANTS + gpu_fused.ROLLOUT_VARIANTS,
-                         ids=str)
-def test_each_variant_round_trips_through_the_planning_flags(variant):
-    cfg = gpu_fused.config_of(variant)
-    assert cfg.whole_horizon == isinstance(variant, dict)
-    flags = gpu_fused.planning_flags(cfg).split()
+@pytest.mark.parametrize("name, propagation, arguments",
+                         [p for p in gpu_fused.PLANNERS if p[2] is not None], ids=str)
+def test_each_kernel_planner_round_trips_through_the_planning_flags(name, propagation,
+                                                                     arguments):
+    cfg = gpu_fused.kernel_of(arguments)
+    flags = planning.kernel_flags(cfg).split()
     args = planning.make_parser().parse_args(["--config", "pets_halfcheetah"] + flags)
-    assert args.mlp_kernel == "pallas"
-    assert planning.fused_config(args) == cfg
+    assert args.kernel == cfg.backend
+    assert planning.kernel_config(args) == cfg
+    assert planning.kernel_config(planning.make_parser().parse_args([])) is None
 
 
-def test_variant_names_are_distinct():
-    names = [gpu_fused.variant_name(gpu_fused.config_of(v))
-             for v in gpu_fused.VARIANTS + gpu_fused.ROLLOUT_VARIANTS]
+def test_each_propagation_has_its_xla_baseline_first():
+    seen = set()
+    for name, propagation, arguments in gpu_fused.PLANNERS:
+        if arguments is None:
+            seen.add(propagation)
+        assert propagation in seen, name
+
+
+def test_resource_kernels_are_valid_configs_with_distinct_names():
+    from mbrl_bayes.kernels import KernelConfig
+
+    names = [(kernel, triton_resources.variant_name(KernelConfig(**arguments)))
+             for kernel, arguments in triton_resources.KERNELS]
     assert len(set(names)) == len(names)
+    assert ("rollout", "r64 w4 bfloat16") in names
 
 
 def test_count_spill_instructions():

@@ -1,5 +1,6 @@
-"""The fused (Pallas/Triton) MLP kernel: chunking, exactness against the plain products (run by
-the Pallas interpreter on the CPU), the ensemble's fused transition and rollout, and that the
+"""The per-step network kernel (Pallas/Triton, ``mbrl_bayes.kernels.fused_mlp``): chunking,
+exactness against the plain products (run by the Pallas interpreter on the CPU), the kernel
+ensemble's per-step transition and the rollouts that step it (``ts1``, ``mean``), and that the
 kernel lowers for Triton (the CUDA platform) from this machine."""
 
 import functools
@@ -9,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble
+from mbrl_bayes.kernels import KernelConfig, KernelEnsemble
+from mbrl_bayes.kernels.fused_mlp import chunks, fused_stacked_mlp, pack_stacked_mlp, padded_width
+from mbrl_bayes.models import ProbabilisticEnsemble
 from mbrl_bayes.models.ensemble import apply_stacked_mlp, init_stacked_mlp
-from mbrl_bayes.models.fused_mlp import chunks, fused_stacked_mlp, pack_stacked_mlp, padded_width
 from mbrl_bayes.planning import rollout
 
-INTERPRET = FusedMLPConfig(block_rows=16, interpret=True)
+pytestmark = pytest.mark.kernels
+INTERPRET = KernelConfig(block_rows=16, dot_dtype="float32", interpret=True)
 
 
 def _layers(sizes, k=3, seed=0):
@@ -54,27 +57,9 @@ def test_fused_forward_equals_the_plain_products(sizes, rows, activation):
     np.testing.assert_allclose(out, expected, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("max_chunk, power_of_two, expected", [
-    (128, False, ((0, 128), (128, 64), (192, 16))),
-    (256, True, ((0, 256),)),
-    (64, True, ((0, 64), (64, 64), (128, 64), (192, 64))),
-])
-def test_chunk_options(max_chunk, power_of_two, expected):
-    assert chunks(200, max_chunk, power_of_two) == expected
+def test_power_of_two_widths():
+    """The rollout kernel pads the state and action to powers of two."""
     assert padded_width(36, power_of_two=True) == 64 and padded_width(5, True) == 16
-
-
-@pytest.mark.parametrize("cfg", [
-    FusedMLPConfig(block_rows=32, max_chunk=128, interpret=True),
-    FusedMLPConfig(block_rows=16, max_chunk=256, pad_to_power_of_two=True, interpret=True),
-])
-def test_chunk_options_give_the_same_function(cfg):
-    sizes = (24, 200, 200, 36)
-    layers = _layers(sizes)
-    x = jax.random.normal(jax.random.PRNGKey(2), (3, 40, 24))
-    out = fused_stacked_mlp(pack_stacked_mlp(layers, cfg), x, jax.nn.silu, 36, cfg)
-    np.testing.assert_allclose(out, apply_stacked_mlp(layers, x, jax.nn.silu), atol=2e-6,
-                               rtol=1e-5)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the kernel for a GPU")
@@ -83,7 +68,7 @@ def test_compiled_kernel_on_a_gpu(dot_dtype, tolerance):
     sizes = (24, 200, 200, 200, 200, 36)
     layers = _layers(sizes, k=5)
     x = jax.random.normal(jax.random.PRNGKey(2), (5, 1000, 24))
-    cfg = FusedMLPConfig(dot_dtype=dot_dtype)
+    cfg = KernelConfig(dot_dtype=dot_dtype)
     out = jax.jit(functools.partial(fused_stacked_mlp, activation=jax.nn.silu, out_size=36,
                                     config=cfg))(pack_stacked_mlp(layers, cfg), x)
     with jax.default_matmul_precision("highest"):
@@ -106,10 +91,6 @@ def test_one_shared_weight_set_and_mismatched_draws():
         fused_stacked_mlp(two, x, jnp.tanh, 8, INTERPRET)
     with pytest.raises(ValueError, match="x has 6 features; the packed network takes 5"):
         fused_stacked_mlp(packed, jnp.zeros((3, 20, 6)), jnp.tanh, 8, INTERPRET)
-    power_of_two = FusedMLPConfig(block_rows=16, pad_to_power_of_two=True, interpret=True)
-    with pytest.raises(ValueError, match="packed with another config"):
-        fused_stacked_mlp(pack_stacked_mlp(_layers((24, 40, 8)), INTERPRET),
-                          jnp.zeros((3, 20, 24)), jnp.tanh, 8, power_of_two)
 
 
 @pytest.mark.parametrize("dtype, low, high", [("bfloat16", 1e-4, 2e-2), ("float16", 1e-5, 3e-3)])
@@ -118,7 +99,7 @@ def test_half_precision_products_stay_within_their_rounding(dtype, low, high):
     layers = _layers(sizes)
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 24, 24))
     expected = apply_stacked_mlp(layers, x, jax.nn.silu)
-    cfg = FusedMLPConfig(block_rows=16, dot_dtype=dtype, interpret=True)
+    cfg = KernelConfig(block_rows=16, dot_dtype=dtype, interpret=True)
     out = fused_stacked_mlp(pack_stacked_mlp(layers, cfg), x, jax.nn.silu, 36, cfg)
     assert pack_stacked_mlp(layers, cfg).weights[0].dtype == jnp.dtype(dtype)
     error = float(jnp.abs(out - expected).max() / jnp.abs(expected).max())
@@ -129,7 +110,7 @@ def test_half_precision_products_stay_within_their_rounding(dtype, low, high):
 def ensembles():
     kwargs = dict(obs_dim=3, act_dim=2, hidden_sizes=(32, 32), ensemble_size=4, num_elites=3)
     plain = ProbabilisticEnsemble(**kwargs)
-    fused = ProbabilisticEnsemble(**kwargs, fused_mlp=INTERPRET)
+    fused = KernelEnsemble(**kwargs, kernel=INTERPRET)
     rng = np.random.default_rng(0)
     data = {"obs": rng.normal(size=(64, 3)).astype(np.float32),
             "act": rng.uniform(-1, 1, size=(64, 2)).astype(np.float32)}
@@ -144,7 +125,7 @@ def test_fused_ensemble_transition_matches_the_plain_one(ensembles):
     key = jax.random.PRNGKey(3)
     fns_plain = plain.sample_functions(params, key, 6)
     fns_fused = fused.sample_functions(params, key, 6)
-    assert set(fns_fused) == {"packed", "member"}
+    assert set(fns_fused) == {"layers", "packed", "rollout", "member"}
     np.testing.assert_array_equal(fns_fused["member"], fns_plain["member"])
     obs = jax.random.normal(jax.random.PRNGKey(4), (6, 10, 3))
     act = jax.random.uniform(jax.random.PRNGKey(5), (6, 10, 2), minval=-1, maxval=1)
@@ -155,7 +136,9 @@ def test_fused_ensemble_transition_matches_the_plain_one(ensembles):
     assert "layers" in fused.all_members(params)
 
 
-def test_fused_rollout_returns_match_the_plain_ones(ensembles):
+@pytest.mark.parametrize("propagation", ["ts1", "mean"])
+def test_stepped_rollouts_match_the_plain_ones(ensembles, propagation):
+    """The modes the whole-horizon kernel cannot serve step the per-step kernel."""
     plain, fused, params = ensembles
     key = jax.random.PRNGKey(6)
     actions = jax.random.uniform(jax.random.PRNGKey(7), (8, 5, 2), minval=-1, maxval=1)
@@ -164,7 +147,7 @@ def test_fused_rollout_returns_match_the_plain_ones(ensembles):
     def returns(model):
         fns = model.sample_functions(params, key, 3)
         run = jax.jit(lambda p, f: rollout(model, p, f, jnp.ones(3), actions, reward, None, key,
-                                           num_particles=6))
+                                           propagation=propagation, num_particles=6))
         return run(params, fns)
 
     results = [returns(plain), returns(fused)]
@@ -172,7 +155,7 @@ def test_fused_rollout_returns_match_the_plain_ones(ensembles):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_fused_rollout_over_a_batch_of_start_states(ensembles):
+def test_stepped_rollout_over_a_batch_of_start_states(ensembles):
     """A batch of environments vmaps the rollout, and with it the kernel (an extra grid axis)."""
     plain, fused, params = ensembles
     key = jax.random.PRNGKey(6)
@@ -180,7 +163,7 @@ def test_fused_rollout_over_a_batch_of_start_states(ensembles):
     actions = jax.random.uniform(jax.random.PRNGKey(7), (2, 4, 3, 2), minval=-1, maxval=1)
     reward = lambda o, a, n: -jnp.sum(n**2, -1)
     out = [rollout(m, params, m.sample_functions(params, key, 3), obs0, actions, reward, None,
-                   key, num_particles=3).objective for m in (plain, fused)]
+                   key, propagation="ts1", num_particles=3).objective for m in (plain, fused)]
     assert out[1].shape == (2, 4)
     np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-5)
 
@@ -194,10 +177,8 @@ def test_kernel_lowers_for_triton():
     sizes = (24, 200, 200, 200, 200, 36)
     layers = _layers(sizes, k=5)
     x = jnp.zeros((5, 2000, 24))
-    for cfg in (FusedMLPConfig(block_rows=64),
-                FusedMLPConfig(block_rows=128, num_warps=8, dot_dtype="bfloat16", max_chunk=128),
-                FusedMLPConfig(max_chunk=256, pad_to_power_of_two=True, dot_dtype="bfloat16"),
-                FusedMLPConfig(block_rows=32, dot_dtype="float16")):
+    for cfg in (KernelConfig(), KernelConfig(block_rows=128), KernelConfig(dot_dtype="float32"),
+                KernelConfig(block_rows=32, dot_dtype="float16")):
         packed = pack_stacked_mlp(layers, cfg)
         forward = functools.partial(fused_stacked_mlp, activation=jax.nn.silu, out_size=36,
                                     config=cfg)
@@ -212,15 +193,20 @@ def test_kernel_lowers_for_triton():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(block_rows=48), "block_rows must be a power of two"),
-    (dict(num_warps=3), "num_warps must be a power of two"),
     (dict(dot_dtype="int8"), "dot_dtype must be"),
-    (dict(max_chunk=512), "max_chunk must be a power of two"),
+    (dict(backend="cuda"), "backend must be one of \\('triton', 'mosaic'\\)"),
 ])
 def test_bad_config_is_a_one_line_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        FusedMLPConfig(**kwargs)
+        KernelConfig(**kwargs)
 
 
-def test_bad_fused_mlp_argument_is_a_type_error():
-    with pytest.raises(TypeError, match="FusedMLPConfig"):
-        ProbabilisticEnsemble(obs_dim=2, act_dim=1, fused_mlp="pallas")
+def test_config_defaults_and_warps():
+    assert KernelConfig().block_rows == 64 and KernelConfig().num_warps == 4
+    assert KernelConfig(block_rows=128).num_warps == 8
+    assert KernelConfig(backend="mosaic").block_rows == 128
+
+
+def test_bad_kernel_argument_is_a_type_error():
+    with pytest.raises(TypeError, match="KernelConfig"):
+        KernelEnsemble(obs_dim=2, act_dim=1, kernel="pallas")

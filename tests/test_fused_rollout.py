@@ -1,6 +1,7 @@
-"""The whole-horizon rollout kernel (``FusedMLPConfig(whole_horizon=True)``): run by the Pallas
-interpreter on the CPU, it must give the plain planner's states and returns (same keys, same
-noise), for every model variant and propagation mode it serves, and lower for Triton."""
+"""The whole-horizon rollout kernel on Triton (``KernelEnsemble``'s ``rollout_states``): run by
+the Pallas interpreter on the CPU, it must give the plain planner's states and returns (same
+keys, same noise), for every model variant and propagation mode it serves, and lower for
+Triton."""
 
 import functools
 
@@ -9,14 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble
+from mbrl_bayes.kernels import KernelConfig, KernelEnsemble
+from mbrl_bayes.kernels.fused_rollout import fused_rollout, pack_rollout
+from mbrl_bayes.models import ProbabilisticEnsemble
 from mbrl_bayes.models.ensemble import init_stacked_mlp
-from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.planning import CEM, MPC, rollout
 
-HORIZON = FusedMLPConfig(block_rows=16, whole_horizon=True, interpret=True)
-STAGED = FusedMLPConfig(block_rows=16, whole_horizon=True, staged=True, interpret=True)
+pytestmark = pytest.mark.kernels
+# float32 operands: the kernel's states equal the plain planner's to rounding.
+HORIZON = KernelConfig(block_rows=16, dot_dtype="float32", interpret=True)
 OBS0 = jnp.array([5.0, 4.0, 6.0])
 THRESHOLD = 5.0  # terminates some particles of every model below, not all
 
@@ -27,7 +30,7 @@ def _models(config=HORIZON, **overrides):
                   activation="tanh")
     kwargs.update(overrides)
     plain = ProbabilisticEnsemble(**kwargs)
-    fused = ProbabilisticEnsemble(**kwargs, fused_mlp=config)
+    fused = KernelEnsemble(**kwargs, kernel=config)
     rng = np.random.default_rng(0)
     # Far from zero mean and unit scale, so that a standardization mistake shows.
     data = {"obs": (3 * rng.normal(size=(64, 3)) + 5).astype(np.float32),
@@ -82,12 +85,12 @@ def test_whole_horizon_equals_the_step_by_step_rollout(probabilistic, propagatio
     assert float(jnp.abs(a.trajectory[0, 0] - a.trajectory[0, k]).max()) > 1e-3
 
 
-def test_staged_kernel_equals_the_step_by_step_rollout():
+def test_layer_loops_over_input_slices_equal_the_step_by_step_rollout():
     """Activations in memory, layers as loops over 64-wide input slices: width 80 is one full
-    slice and a 16-wide remainder."""
-    plain, fused, params = _models(STAGED, hidden_sizes=(80, 80), activation=jax.nn.sigmoid)
+    slice and a 16-wide remainder; one hidden layer has no hidden-to-hidden loop."""
+    plain, fused, params = _models(hidden_sizes=(80, 80), activation=jax.nn.sigmoid)
     _assert_same(*_both(plain, fused, params))
-    plain, fused, params = _models(STAGED, hidden_sizes=(20,), learn_reward=True)
+    plain, fused, params = _models(hidden_sizes=(20,), learn_reward=True)
     _assert_same(*_both(plain, fused, params, reward=None))
 
 
@@ -131,7 +134,7 @@ def test_learned_reward_and_deterministic_models():
         _assert_same(a, b)
 
 
-def test_other_propagations_fall_back_to_the_step_by_step_rollout(probabilistic):
+def test_other_propagations_step_the_model(probabilistic):
     plain, fused, params = probabilistic
     for propagation in ("mean", "ts1"):
         _assert_same(*_both(plain, fused, params, propagation=propagation))
@@ -150,8 +153,9 @@ def test_bad_use_is_a_one_line_error(probabilistic):
     plain, fused, params = probabilistic
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     obs, act = jnp.zeros((3, 4, 3)), jnp.zeros((3, 2, 4, 2))
-    with pytest.raises(ValueError, match="needs FusedMLPConfig\\(whole_horizon=True\\)"):
-        plain.rollout_states(params, plain.sample_functions(params, keys[0], 3), keys, obs, act)
+    assert plain.rollout_states is None  # the plain model steps ``transition``
+    with pytest.raises(ValueError, match="needs draws from this model's sample_functions"):
+        fused.rollout_states(params, plain.sample_functions(params, keys[0], 3), keys, obs, act)
     packed = fused.sample_functions(params, keys[0], 3)["rollout"]
     with pytest.raises(ValueError, match="expects obs \\[k, m, 3\\] and act \\[k, H, m, 2\\]"):
         fused_rollout(packed, obs, jnp.zeros((3, 2, 4, 5)), None, jnp.tanh, HORIZON)
@@ -162,10 +166,6 @@ def test_bad_use_is_a_one_line_error(probabilistic):
     bounds = {"max": jnp.zeros(3), "min": jnp.zeros(3)}
     with pytest.raises(ValueError, match="needs at least one hidden layer"):
         pack_rollout(linear, stats, bounds, 3, HORIZON)
-    with pytest.raises(ValueError, match="staged applies to the whole-horizon kernel"):
-        FusedMLPConfig(staged=True)
-    with pytest.raises(ValueError, match="num_stages must be >= 1"):
-        FusedMLPConfig(num_stages=0)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu",
@@ -173,16 +173,13 @@ def test_bad_use_is_a_one_line_error(probabilistic):
                            "the kernel while lowering where a GPU is present)")
 def test_rollout_kernel_lowers_for_triton():
     """Pallas' Triton lowering of the halfcheetah-sized kernel runs without a GPU (export for
-    CUDA); the kernel runs with one pipeline stage unless told otherwise."""
+    CUDA), with two pipeline stages and one warp per 16 rows."""
     d, a, horizon, k, m = 18, 6, 30, 5, 2000
     layers = init_stacked_mlp(jax.random.PRNGKey(0), k, (d + a, 200, 200, 200, 200, 2 * d))
     stats = {"input": Normalizer.identity(d + a), "target": Normalizer.identity(d)}
     bounds = {"max": jnp.full((d,), 0.5), "min": jnp.full((d,), -10.0)}
-    for cfg, stages in ((FusedMLPConfig(whole_horizon=True), 1),
-                        (FusedMLPConfig(block_rows=128, num_warps=8, dot_dtype="bfloat16",
-                                        whole_horizon=True), 1),
-                        (FusedMLPConfig(dot_dtype="bfloat16", whole_horizon=True, staged=True),
-                         3)):
+    for cfg in (KernelConfig(), KernelConfig(block_rows=128),
+                KernelConfig(dot_dtype="float32")):
         run = functools.partial(fused_rollout, activation=jax.nn.silu, config=cfg)
         exported = jax.export.export(
             jax.jit(run), platforms=["cuda"],
@@ -191,23 +188,21 @@ def test_rollout_kernel_lowers_for_triton():
           jnp.zeros((k, horizon, m, a)), jnp.zeros((k, horizon, m, d)))
         text = exported.mlir_module()
         assert text.count("xla.gpu.triton") == 1
-        assert f"num_stages = {stages}" in text
+        assert "num_stages = 2" in text and f"num_warps = {cfg.num_warps}" in text
         assert exported.out_avals[0].shape == (k, horizon, m, d)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the kernel for a GPU")
 @pytest.mark.parametrize("config, tolerance", [
-    (FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True, backend="mosaic"),
-     5e-2),
-    (FusedMLPConfig(dot_dtype="float32", whole_horizon=True), 5e-3),
-    (FusedMLPConfig(dot_dtype="bfloat16", whole_horizon=True), 5e-2),
-    (FusedMLPConfig(dot_dtype="bfloat16", whole_horizon=True, staged=True), 5e-2)])
+    (KernelConfig(backend="mosaic"), 5e-2),
+    (KernelConfig(dot_dtype="float32"), 5e-3),
+    (KernelConfig(), 5e-2)])
 def test_compiled_rollout_kernel_on_a_gpu(config, tolerance):
     """The kernel Mosaic GPU or Triton compiles gives the step-by-step planner's states
     (halfcheetah widths, 10 steps), within the rounding of its products' operands."""
     kwargs = dict(obs_dim=18, act_dim=6, hidden_sizes=(200, 200, 200, 200), ensemble_size=5)
     plain = ProbabilisticEnsemble(**kwargs)
-    fused = ProbabilisticEnsemble(**kwargs, fused_mlp=config)
+    fused = KernelEnsemble(**kwargs, kernel=config)
     rng = np.random.default_rng(0)
     data = {"obs": rng.normal(size=(256, 18)).astype(np.float32),
             "act": rng.uniform(-1, 1, size=(256, 6)).astype(np.float32)}

@@ -1,5 +1,5 @@
 """The whole-horizon rollout kernel on Pallas' Mosaic GPU backend
-(``FusedMLPConfig(backend="mosaic")``): run by Mosaic GPU's interpreter on the CPU it must give
+(``KernelConfig(backend="mosaic")``): run by Mosaic GPU's interpreter on the CPU it must give
 the Triton kernel's states for the same 16-bit operands (and the plain planner's within their
 rounding), for every model variant and propagation mode it serves, and lower for CUDA. On a
 GPU, ``test_fused_rollout.py::test_compiled_rollout_kernel_on_a_gpu`` compares the compiled
@@ -12,21 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrl_bayes.models import FusedMLPConfig, ProbabilisticEnsemble
-from mbrl_bayes.models.ensemble import init_stacked_mlp
-from mbrl_bayes.models.fused_rollout import pack_rollout
-from mbrl_bayes.models.mosaic_rollout import (
+from mbrl_bayes.kernels import KernelConfig, KernelEnsemble
+from mbrl_bayes.kernels.fused_rollout import pack_rollout
+from mbrl_bayes.kernels.mosaic_rollout import (
     SHARED_MEMORY_LIMIT,
     mosaic_rollout,
     pack_mosaic,
     shared_memory_bytes,
 )
+from mbrl_bayes.models import ProbabilisticEnsemble
+from mbrl_bayes.models.ensemble import init_stacked_mlp
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.planning import CEM, MPC, rollout
 
-MOSAIC = FusedMLPConfig(block_rows=64, dot_dtype="bfloat16", whole_horizon=True,
-                        backend="mosaic", interpret=True)
-TRITON = FusedMLPConfig(block_rows=16, dot_dtype="bfloat16", whole_horizon=True, interpret=True)
+pytestmark = pytest.mark.kernels
+MOSAIC = KernelConfig(backend="mosaic", block_rows=64, interpret=True)
+TRITON = KernelConfig(block_rows=16, dot_dtype="bfloat16", interpret=True)
 OBS0 = jnp.array([5.0, 4.0, 6.0])
 THRESHOLD = 5.0
 
@@ -48,8 +49,8 @@ def _models(**overrides):
                   activation=jax.nn.sigmoid)
     kwargs.update(overrides)
     plain = ProbabilisticEnsemble(**kwargs)
-    triton = ProbabilisticEnsemble(**kwargs, fused_mlp=TRITON)
-    mosaic = ProbabilisticEnsemble(**kwargs, fused_mlp=MOSAIC)
+    triton = KernelEnsemble(**kwargs, kernel=TRITON)
+    mosaic = KernelEnsemble(**kwargs, kernel=MOSAIC)
     data = _data()
     params = plain.fit_stats(plain.init(jax.random.PRNGKey(0), data["obs"], data["act"]), data)
     if plain.probabilistic:  # bounds where both soft bounds matter
@@ -128,7 +129,7 @@ def test_barriers_balance_and_no_races_in_the_interpreter(probabilistic, monkeyp
     on a barrier completed twice before a wait) and no two accesses of a buffer race."""
     from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
-    from mbrl_bayes.models import mosaic_rollout as module
+    from mbrl_bayes.kernels import mosaic_rollout as module
 
     monkeypatch.setitem(module.INTERPRET_OPTIONS, "detect_races", True)
     (_, _, mosaic), params = probabilistic
@@ -186,8 +187,7 @@ def test_mosaic_kernel_lowers_for_cuda(obs_dim, act_dim, block_rows):
     """Mosaic GPU's lowering of the halfcheetah- and cartpole-sized kernels runs without a GPU
     (export for CUDA): one kernel launch, within a Hopper block's shared memory."""
     horizon, k, m = 30, 5, 2000
-    cfg = FusedMLPConfig(block_rows=block_rows, dot_dtype="bfloat16", whole_horizon=True,
-                         backend="mosaic")
+    cfg = KernelConfig(backend="mosaic", block_rows=block_rows)
     packed = _halfcheetah(obs_dim, act_dim, k, cfg)
     assert shared_memory_bytes(packed, cfg) <= SHARED_MEMORY_LIMIT
     run = functools.partial(mosaic_rollout, activation=jax.nn.silu, config=cfg)
@@ -216,8 +216,7 @@ def test_shared_memory_count_is_mosaics_own(monkeypatch):
 
     if not hasattr(core, "_SMEM_SIZE_BOUND"):
         pytest.skip("this Mosaic GPU has no shared-memory bound to lower")
-    cfg = FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
-                         backend="mosaic")
+    cfg = KernelConfig(backend="mosaic")
     packed = _halfcheetah(config=cfg)
     size = shared_memory_bytes(packed, cfg)
     monkeypatch.setattr(core, "_SMEM_SIZE_BOUND", size - 1)
@@ -228,21 +227,25 @@ def test_shared_memory_count_is_mosaics_own(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(backend="cuda"), "backend must be 'triton' or 'mosaic'"),
-    (dict(backend="mosaic"), "whole_horizon=True"),
-    (dict(backend="mosaic", whole_horizon=True, staged=True), "whole_horizon=True, staged=False"),
-    (dict(backend="mosaic", whole_horizon=True), "16-bit operands"),
-    (dict(backend="mosaic", whole_horizon=True, dot_dtype="float16", block_rows=32),
-     "multiple of 64"),
+    (dict(backend="cuda"), "backend must be one of \\('triton', 'mosaic'\\)"),
+    (dict(backend="mosaic", dot_dtype="float32"), "16-bit operands"),
+    (dict(backend="mosaic", dot_dtype="float16", block_rows=32), "multiple of 64"),
+    (dict(backend="mosaic", block_rows=96), "multiple of 64"),
 ])
 def test_bad_mosaic_config_is_a_one_line_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        FusedMLPConfig(**kwargs)
+        KernelConfig(**kwargs)
+
+
+def test_mosaic_kernel_refuses_a_triton_config():
+    cfg = KernelConfig(interpret=True)
+    with pytest.raises(ValueError, match="mosaic_rollout runs KernelConfig\\(backend='mosaic'\\)"):
+        mosaic_rollout(_halfcheetah(config=cfg), jnp.zeros((5, 10, 18)),
+                       jnp.zeros((5, 2, 10, 6)), None, jax.nn.silu, cfg)
 
 
 def test_too_many_rows_for_shared_memory_is_a_one_line_error():
-    cfg = FusedMLPConfig(block_rows=256, dot_dtype="bfloat16", whole_horizon=True,
-                         backend="mosaic", interpret=True)
+    cfg = KernelConfig(backend="mosaic", block_rows=256, interpret=True)
     packed = _halfcheetah(config=cfg)
     with pytest.raises(ValueError, match="bytes of shared memory per block with block_rows=256"):
         mosaic_rollout(packed, jnp.zeros((5, 10, 18)), jnp.zeros((5, 2, 10, 6)), None,
@@ -255,8 +258,7 @@ def test_a_pre_hopper_gpu_is_a_one_line_error(monkeypatch):
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(jax, "devices", lambda *args: [Ampere()])
-    cfg = FusedMLPConfig(block_rows=128, dot_dtype="bfloat16", whole_horizon=True,
-                         backend="mosaic")
+    cfg = KernelConfig(backend="mosaic")
     with pytest.raises(ValueError, match="needs a Hopper or later GPU .* got 8.0"):
         mosaic_rollout(_halfcheetah(config=cfg), jnp.zeros((5, 10, 18)),
                        jnp.zeros((5, 2, 10, 6)), None, jax.nn.silu, cfg)

@@ -25,6 +25,7 @@ class PendulumModel:
     obs_dim, act_dim = 3, 1
     num_functions = 1
     learns_reward = False
+    rollout_states = None  # steps `transition` (no whole-horizon rollout)
 
     def init(self, key, obs, act):
         return {"g": jnp.asarray(10.0, jnp.float32)}
@@ -113,6 +114,7 @@ class ShiftModel:
 
     obs_dim, act_dim = 1, 1
     learns_reward = False
+    rollout_states = None  # steps `transition` (no whole-horizon rollout)
 
     def __init__(self, num_functions):
         self.num_functions = num_functions

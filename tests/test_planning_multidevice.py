@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     class NoisyLinear:
         # Function i: s' = s + W_i a + 0.1 * noise; W_i differs per function.
         obs_dim, act_dim, num_functions, learns_reward = 2, 2, 2, False
+        rollout_states = None
 
         def sample_functions(self, params, key, k):
             return {"w": jnp.tile(params["w"], (k // 2, 1, 1))}

@@ -18,6 +18,7 @@ class ShiftModel:
     obs_dim = 1
     act_dim = 1
     learns_reward = True
+    rollout_states = None  # steps `transition` (no whole-horizon rollout)
 
     def __init__(self, num_functions=3, noise=0.0):
         self.num_functions = num_functions
@@ -48,6 +49,7 @@ class LinearModel:
     """Deterministic ``s' = A s + B u`` (one function)."""
 
     learns_reward = False
+    rollout_states = None  # steps `transition` (no whole-horizon rollout)
     num_functions = 1
 
     def __init__(self, a, b):
@@ -69,6 +71,7 @@ class CountingModel:
     obs_dim, act_dim = 1, 1
     num_functions = 2
     learns_reward = False
+    rollout_states = None  # steps `transition` (no whole-horizon rollout)
 
     def sample_functions(self, params, key, k):
         return {"id": jnp.arange(k, dtype=jnp.float32)}

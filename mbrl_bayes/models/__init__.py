@@ -3,7 +3,6 @@
 from mbrl_bayes.models.base import DynamicsModel, Transition
 from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
-from mbrl_bayes.models.fused_mlp import FusedMLPConfig
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.recurrent import VariationalLSTM
@@ -12,7 +11,6 @@ from mbrl_bayes.models.variational import VariationalMLP
 
 __all__ = [
     "DynamicsModel",
-    "FusedMLPConfig",
     "GaussianDynamics",
     "MCDropoutMLP",
     "Normalizer",

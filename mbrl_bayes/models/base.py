@@ -7,7 +7,7 @@ as one matrix product; weights are never materialized per particle.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Tuple
 
 import distrax
 import jax
@@ -15,6 +15,9 @@ import jax
 Params = Any  # a pytree of arrays
 Functions = Any  # a pytree whose leaves have leading axis k (one entry per function draw)
 Batch = Mapping[str, jax.Array]  # keys: obs [n, d], act [n, a], next_obs [n, d], reward [n]
+# (params, fns, keys [H], obs [k, m, d], act [k, H, m, a]) -> (next_obs [k, H, m, d],
+# reward [k, H, m] or None): see ``DynamicsModel.rollout_states``.
+RolloutStates = Callable[..., Tuple[jax.Array, Optional[jax.Array]]]
 
 
 class Transition(NamedTuple):
@@ -35,6 +38,19 @@ class DynamicsModel(Protocol):
         num_functions: number of distinct function draws (ensemble members, or the elites among
             them), or ``None`` when draws are unlimited (weight samples of a variational network).
         learns_reward: whether ``transition`` returns a learned reward.
+        rollout_states: ``None`` (every built-in model), or a whole-horizon rollout that the
+            planner calls instead of stepping ``transition`` under ``lax.scan`` when each
+            particle keeps its function draw for the whole horizon (propagation ``ts_inf``,
+            ``thompson``, ``optimistic``):
+            ``rollout_states(params, fns, keys, obs, act) -> (next_obs, reward)`` rolls draw
+            ``i`` out from ``obs[i]`` [k, m, d] under ``act[i]`` [k, H, m, a] and returns the
+            state after each step, ``next_obs`` [k, H, m, d], and the learned reward
+            [k, H, m] (``None`` without a reward head). ``keys`` [H] are the per-step keys:
+            step ``h`` must draw the aleatoric noise that ``transition(params, fns, keys[h],
+            ...)`` would, so both routes plan alike. Rewards and terminations never feed back
+            into the dynamics, so the planner computes them for all steps afterwards. This is
+            how a GPU kernel plugs in (``mbrl_bayes.kernels.KernelEnsemble``); recurrent
+            models keep ``None``.
 
     Recurrent (history-conditioned) models also take and return a ``carry`` in ``transition``
     and provide ``initial_carry(params, fns, m)``; see ``VariationalLSTM``.
@@ -44,6 +60,7 @@ class DynamicsModel(Protocol):
     act_dim: int
     num_functions: Optional[int]
     learns_reward: bool
+    rollout_states: Optional[RolloutStates]
 
     def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
         """Initial parameters from example ``obs`` [n, d] and ``act`` [n, a]."""

@@ -8,12 +8,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes import sampling
 from mbrl_bayes.models.base import Batch, Functions, Params
-from mbrl_bayes.models.fused_mlp import FusedMLPConfig, fused_stacked_mlp, pack_stacked_mlp
-from mbrl_bayes.models.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.models.gaussian import GaussianDynamics
-from mbrl_bayes.models.mosaic_rollout import mosaic_rollout
 
 
 def init_stacked_mlp(key: jax.Array, num_members: int, sizes: Sequence[int]) -> list:
@@ -79,15 +75,8 @@ class ProbabilisticEnsemble(GaussianDynamics):
     Members are trained on their own bootstrap of the data (see ``train``); after training the
     ``num_elites`` members with the lowest holdout error are used for planning.
 
-    With ``fused_mlp`` (a :class:`~mbrl_bayes.models.fused_mlp.FusedMLPConfig`), the draws of
-    ``sample_functions`` carry zero-padded weights and ``transition`` runs the whole network as
-    one Pallas/Triton kernel (GPUs; ``interpret=True`` on CPUs). With
-    ``FusedMLPConfig(whole_horizon=True)`` the draws carry the weights packed for
-    :func:`~mbrl_bayes.models.fused_rollout.fused_rollout` instead, and ``rollout_states`` runs a
-    fixed-assignment planning horizon as one kernel launch (``transition`` then uses XLA's
-    products; ``backend="mosaic"``: :func:`~mbrl_bayes.models.mosaic_rollout.mosaic_rollout`
-    on Pallas' Mosaic GPU backend). Training and ``evaluate`` use the plain products either way
-    (the kernels have no gradient).
+    GPU planning kernels for this model live in :mod:`mbrl_bayes.kernels`
+    (``KernelEnsemble``, a subclass); this class is plain XLA.
     """
 
     def __init__(
@@ -104,7 +93,6 @@ class ProbabilisticEnsemble(GaussianDynamics):
         max_logvar_init: float = 0.5,
         min_logvar_init: float = -10.0,
         logvar_bound_penalty: float = 0.01,
-        fused_mlp: Optional[FusedMLPConfig] = None,
     ):
         super().__init__(
             obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden_sizes,
@@ -121,9 +109,6 @@ class ProbabilisticEnsemble(GaussianDynamics):
                 f"num_elites must be in [1, ensemble_size={self.ensemble_size}], got {num_elites}."
             )
         self.num_elites = num_elites
-        if fused_mlp is not None and not isinstance(fused_mlp, FusedMLPConfig):
-            raise TypeError(f"fused_mlp must be a FusedMLPConfig or None, got {fused_mlp!r}.")
-        self.fused_mlp = fused_mlp
 
     @property
     def num_functions(self) -> int:
@@ -151,60 +136,19 @@ class ProbabilisticEnsemble(GaussianDynamics):
     def _apply_net(self, net: list, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
         del net, key  # the draws carry their own (gathered) weights
         split = self.target_dim if self.probabilistic else None
-        if "packed" in fns:
-            out = fused_stacked_mlp(fns["packed"], x, self.activation, self.out_size,
-                                    self.fused_mlp)
-            return out if split is None else (out[..., :split], out[..., split:])
         return apply_stacked_mlp(fns["layers"], x, self.activation, split=split)
 
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         """Weights of ``k`` members, ``{'layers': [{'w': [k, in, out], 'b': [k, out]}, ...],
         'member': [k]}``: the elites tiled if ``k`` is a multiple of ``num_elites``, else ``k``
-        elites drawn uniformly with replacement from ``key``. With ``fused_mlp`` the weights
-        are packed for the kernel instead: ``{'packed': PackedMLP, 'member': [k]}``."""
+        elites drawn uniformly with replacement from ``key``."""
         elites = params["stats"]["elites"]
         if k % self.num_elites == 0:
             members = jnp.tile(elites, k // self.num_elites)
         else:
             members = elites[jax.random.randint(key, (k,), 0, self.num_elites)]
         layers = jax.tree_util.tree_map(lambda w: w[members], params["net"])
-        if self.has_rollout_kernel:
-            packed = pack_rollout(layers, params["stats"], params.get("logvar_bounds"),
-                                  self.obs_dim, self.fused_mlp)
-            return {"layers": layers, "rollout": packed, "member": members}
-        if self.fused_mlp is not None:
-            return {"packed": pack_stacked_mlp(layers, self.fused_mlp), "member": members}
         return {"layers": layers, "member": members}
-
-    @property
-    def has_rollout_kernel(self) -> bool:
-        """Whether ``rollout_states`` runs (``FusedMLPConfig(whole_horizon=True)``)."""
-        return self.fused_mlp is not None and self.fused_mlp.whole_horizon
-
-    def rollout_states(
-        self, params: Params, fns: Functions, keys: jax.Array, obs: jax.Array, act: jax.Array
-    ) -> Tuple[jax.Array, Optional[jax.Array]]:
-        """Draw ``i`` rolled out from ``obs[i]`` [k, m, d] under ``act[i]`` [k, H, m, a], all
-        ``H`` steps in one kernel launch (``has_rollout_kernel`` models only).
-
-        ``keys`` [H] are the per-step keys: step ``h`` samples exactly the aleatoric noise that
-        ``transition(params, fns, keys[h], ...)`` would. Returns ``next_obs`` [k, H, m, d] and the
-        learned ``reward`` [k, H, m] (None without a reward head).
-        """
-        if not self.has_rollout_kernel or "rollout" not in fns:
-            raise ValueError("rollout_states needs FusedMLPConfig(whole_horizon=True) and draws "
-                             "from this model's sample_functions.")
-        k, _, m = act.shape[:3]
-        noise = None
-        if self.probabilistic:
-            def step_noise(key):  # as ``transition``: its second split drives the noise
-                return sampling.normal(jax.random.split(key)[1], (k, m, self.target_dim))
-
-            noise = jnp.swapaxes(jax.vmap(step_noise)(keys), 0, 1)  # [k, H, m, t]
-        kernel = mosaic_rollout if self.fused_mlp.backend == "mosaic" else fused_rollout
-        out = kernel(fns["rollout"], obs, act, noise, self.activation, self.fused_mlp)
-        reward = out[..., self.obs_dim] if self.learns_reward else None
-        return out[..., : self.obs_dim], reward
 
     def all_members(self, params: Params) -> Functions:
         """Every member, in order: the draws used for training and elite selection."""

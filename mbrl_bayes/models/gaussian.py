@@ -28,8 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbrl_bayes import sampling
-from mbrl_bayes.models.base import Batch, Functions, Params, Transition
+from mbrl_bayes.models.base import Batch, Functions, Params, RolloutStates, Transition
 from mbrl_bayes.models.normalization import Normalizer
+from mbrl_bayes.models.transition_math import (
+    bounded_variance,
+    denormalized_sample,
+    next_state,
+    standardize,
+)
 
 # Predictive stddev (in standardized target units) reported for deterministic models, whose
 # point predictions have no variance of their own; keeps their NLL finite but rightly poor.
@@ -60,22 +66,6 @@ def softplus(x: jax.Array) -> jax.Array:
 def _softplus_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     return softplus(x), jax.nn.sigmoid(x) * dx
-
-
-def bounded_variance(raw: jax.Array, logvar_max: jax.Array, var_min: jax.Array) -> jax.Array:
-    """The PETS-bounded variance ``exp(logvar)`` of raw log-variances ``raw`` [..., t], with two
-    ``exp`` and no ``log``; ``logvar_max`` and ``var_min = exp(logvar_min)`` broadcast against it.
-
-    With ``logvar = min + softplus(max - softplus(max - raw) - min)``,
-    ``exp(logvar) = exp(min) + exp(max) / (1 + exp(max - raw))``
-    ``= exp(min) + exp(min(raw, max)) / (1 + exp(-|raw - max|))`` (no overflow for any ``raw``).
-    Equal to the log-variance route up to float32 rounding; the planner computes it for every
-    particle, step and dimension, where the route through two softplus and an ``exp`` (three
-    ``exp``, two ``log``) cost ~2x more. Plain ``jnp``, so the fused rollout kernel uses it too.
-    """
-    return var_min + jnp.exp(jnp.minimum(raw, logvar_max)) / (
-        1.0 + jnp.exp(-jnp.abs(raw - logvar_max))
-    )
 
 
 def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callable:
@@ -141,6 +131,8 @@ class GaussianDynamics(abc.ABC):
 
     # ----------------------------------------------------------------- subclass interface
     num_functions: Optional[int] = None
+    # No whole-horizon rollout: the planner steps ``transition`` (see ``DynamicsModel``).
+    rollout_states: Optional[RolloutStates] = None
 
     @abc.abstractmethod
     def _init_net(self, key: jax.Array, x: jax.Array) -> Any:
@@ -260,7 +252,8 @@ class GaussianDynamics(abc.ABC):
         """Standardized target mean and raw (unbounded) log-variance (None if deterministic),
         each [k, m, t]."""
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = standardize(jnp.concatenate([obs, act], axis=-1), stats["input"].mean,
+                        stats["input"].std)
         out = self._apply_net(params["net"], fns, key, x)
         if not self.probabilistic:
             return out, None
@@ -327,13 +320,17 @@ class GaussianDynamics(abc.ABC):
         key: jax.Array, sample_noise: bool, carry: Any = None,
     ) -> Transition:
         """The step's ``Transition`` from the standardized target mean and raw log-variance
-        [k, m, t] (None: deterministic)."""
-        out = mean
+        [k, m, t] (None: deterministic): bounded variance, noise, denormalization and
+        ``s + delta`` as :mod:`~mbrl_bayes.models.transition_math` computes them."""
+        noise = logvar_max = var_min = None
         if sample_noise and raw_logvar is not None:
             noise = sampling.normal(key, mean.shape, mean.dtype)
-            out = mean + self._bounded_std(params, raw_logvar) * noise
-        out = params["stats"]["target"].denormalize(out)
-        next_obs = obs + out[..., : self.obs_dim]
+            bounds = params["logvar_bounds"]
+            logvar_max, var_min = bounds["max"], jnp.exp(bounds["min"])
+        target = params["stats"]["target"]
+        out = denormalized_sample(mean, raw_logvar, noise, logvar_max, var_min, target.mean,
+                                  target.std)
+        next_obs = next_state(obs, out)
         reward = out[..., self.obs_dim] if self.learns_reward else None
         return Transition(next_obs, reward, carry)
 

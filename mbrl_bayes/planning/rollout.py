@@ -21,11 +21,11 @@ a ``lax.scan``. How particles meet functions is the *propagation* mode:
 ============  =====================================================================================
 
 Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
-terminating transition itself is collected. Models with a whole-horizon kernel
-(``model.has_rollout_kernel``, e.g. ``FusedMLPConfig(whole_horizon=True)`` on GPUs) run the
-fixed-assignment modes' (``ts_inf``, ``thompson``, ``optimistic``) horizon as one
-``model.rollout_states`` call, with the same noise; rewards and terminations then follow for all
-steps at once, as they never feed back into the dynamics.
+terminating transition itself is collected. A model whose ``rollout_states`` is not ``None`` (the
+whole-horizon hook of the ``DynamicsModel`` contract, e.g. a GPU kernel of
+:mod:`mbrl_bayes.kernels`) runs the fixed-assignment modes' (``ts_inf``, ``thompson``,
+``optimistic``) horizon as one ``model.rollout_states`` call, with the same noise; rewards and
+terminations then follow for all steps at once, as they never feed back into the dynamics.
 
 Recurrent models (with ``initial_carry``) get their per-row history state threaded through the
 horizon, starting at ``obs0`` from ``initial_carry`` (one state per function draw: the real
@@ -120,7 +120,8 @@ def rollout(
     """Rolls ``N`` candidate action sequences out from ``obs0`` through the model.
 
     Args:
-        model: a dynamics model (only ``transition`` and ``learns_reward`` are used).
+        model: a dynamics model (``transition``, ``learns_reward`` and ``rollout_states`` are
+            used).
         params: the model's params.
         fns: ``k`` function draws (``model.sample_functions(params, key, k)``), drawn once outside.
         obs0: [d] start state shared by all candidates, or [B, d] for a batch of environments.
@@ -285,8 +286,8 @@ def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
         return (tr.next_obs, ret, alive, history), tr.next_obs
 
     obs_rows = jnp.broadcast_to(obs0, (k, rows, obs0.shape[-1]))
-    if getattr(ctx.model, "has_rollout_kernel", False) and not ctx.recurrent:
-        ret, states = _rollout_kernel(ctx, obs_rows, pk)
+    if ctx.model.rollout_states is not None and not ctx.recurrent:
+        ret, states = _rollout_whole_horizon(ctx, obs_rows, pk)
     else:
         init = (obs_rows, jnp.zeros((k, rows), jnp.float32), jnp.ones((k, rows), bool),
                 _initial_carry(ctx, rows))
@@ -303,10 +304,11 @@ def _rollout_fixed(ctx: _Context, obs0: jax.Array, num_particles: int):
     return to_particles(ret), traj
 
 
-def _rollout_kernel(ctx: _Context, obs_rows: jax.Array, pk: int):
-    """``_rollout_fixed``'s horizon as one call of the model's ``rollout_states`` (one kernel
-    launch); rewards and terminations, which do not feed back into the dynamics, follow for all
-    steps at once. Returns the returns [k, rows] and the states [H, k, rows, d] (or None)."""
+def _rollout_whole_horizon(ctx: _Context, obs_rows: jax.Array, pk: int):
+    """``_rollout_fixed``'s horizon as one call of the model's ``rollout_states`` (e.g. one
+    kernel launch); rewards and terminations, which do not feed back into the dynamics, follow
+    for all steps at once. Returns the returns [k, rows] and the states [H, k, rows, d] (or
+    None)."""
     k, rows, _ = obs_rows.shape
     horizon, n, act_dim = ctx.acts.shape
     act = jnp.broadcast_to(ctx.acts[None, :, :, None, :], (k, horizon, n, pk, act_dim))

@@ -1,30 +1,30 @@
 """A PETS ensemble's whole planning horizon in one GPU kernel (Pallas, Triton backend).
 
-``fused_stacked_mlp`` makes a step's network one kernel, but a planning step is still several
-launches (the network, the Gaussian head and its noise, the reward), and an action is 5 CEM
-iterations x 30 dependent steps of them: on a GPU the launches and the ``[rows, 200]`` passes
-through memory between them, not the FLOPs, set the time. When each particle keeps its function
-draw for the whole horizon (``ts_inf``, ``thompson``, ``optimistic``), nothing crosses between
-the draws' rows, so ``fused_rollout`` runs every step in one launch: each program takes
-``block_rows`` particles of one draw, keeps their state in registers from step to step and writes
-each step's next state (``staged``: the hidden activations go through a scratch buffer, see
-``FusedMLPConfig``). Per step it computes what ``GaussianDynamics.transition`` computes:
+A planning step on a GPU is several launches (the network, the Gaussian head and its noise, the
+reward), and an action is 5 CEM iterations x 30 dependent steps of them: the launches and the
+``[rows, 200]`` passes through memory between them, not the FLOPs, set the time. When each
+particle keeps its function draw for the whole horizon (``ts_inf``, ``thompson``,
+``optimistic``), nothing crosses between the draws' rows, so ``fused_rollout`` runs every step in
+one launch: each program takes ``block_rows`` particles of one draw, keeps their state in
+registers from step to step and writes each step's next state. Per step it computes what
+``GaussianDynamics.transition`` computes, with the same functions
+(:mod:`~mbrl_bayes.models.transition_math`: standardize, network, bounded variance, noise,
+denormalize, ``s + delta``); only the network is the kernel's own.
 
-    x = [(obs - mean_in) / std_in, (act - mean_in) / std_in]        (input standardization)
-    mean, raw = network(x)                                         (the draw's MLP)
-    std = sqrt(exp(min) + exp(min(raw, max)) / (1 + exp(-|raw - max|)))   (PETS bounds)
-    out = (mean + std * noise) * std_target + mean_target
-    next_obs = obs + out[:d]        (and the learned reward, if any, is out[d])
+The hidden activations go through a per-program scratch buffer (L1/L2) rather than registers,
+and each hidden layer is a loop over 64-wide input slices that Triton software-pipelines over
+two stages (weight loads overlapped with the products): of the layouts compiled for an H100
+(``benchmarks/triton_resources.py``) this one spills the fewest registers.
 
 The noise comes in precomputed (the same draws ``transition`` would make from the same keys,
-see ``ProbabilisticEnsemble.rollout_states``); rewards and terminations do not feed back into
-the dynamics, so the planner computes them afterwards for all steps at once.
+see ``KernelEnsemble.rollout_states``); rewards and terminations do not feed back into the
+dynamics, so the planner computes them afterwards for all steps at once.
 
 Layout: the state is padded to ``S = padded_width(target_dim, power_of_two=True)`` columns and
 the action to ``A`` (each a power of two >= 16: Triton's tensors are powers of two); the first
 layer's weights are ``[S + A, hidden]`` (zero rows under the padding, so padded columns never
 reach the network), the last layer's ``[hidden, 2 S]`` (mean, then raw log-variance). Hidden
-widths are padded and chunked as in :mod:`~mbrl_bayes.models.fused_mlp`. Forward only;
+widths are padded and chunked as in :mod:`~mbrl_bayes.kernels.fused_mlp`. Forward only;
 ``interpret=True`` runs it with Pallas' interpreter (how it is tested on CPUs); ``jax.vmap`` adds
 a grid axis. As with the per-step kernel, XLA's SPMD partitioner cannot split it: when the MPC
 shards candidates over several GPUs each computes the whole kernel (correct, not faster).
@@ -35,21 +35,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes.models.fused_mlp import (
-    FusedMLPConfig,
-    _network,
-    _staged_network,
-    _width,
-    chunks,
-    pack_stacked_mlp,
-    padded_width,
-)
-from mbrl_bayes.models.gaussian import bounded_variance
+from mbrl_bayes.kernels.config import KernelConfig
+from mbrl_bayes.kernels.fused_mlp import _dense, chunks, pack_stacked_mlp, padded_width
+from mbrl_bayes.models.transition_math import denormalized_sample, next_state, standardize
+
+_NUM_STAGES = 2  # Triton's software pipelining of each layer's slice loop
 
 # Rows of ``PackedRollout.state_stats``.
 _OBS_MEAN, _OBS_STD, _TARGET_MEAN, _TARGET_STD, _KEEP, _LOGVAR_MAX, _VAR_MIN = range(7)
@@ -65,7 +60,7 @@ class PackedRollout:
 
     Attributes:
         weights: per layer ``[k, in, out]`` in the dot dtype: first ``[k, S + A, h1]``, hidden as
-            :func:`~mbrl_bayes.models.fused_mlp.pack_stacked_mlp`, last ``[k, hL, 2 S]`` (or
+            :func:`~mbrl_bayes.kernels.fused_mlp.pack_stacked_mlp`, last ``[k, hL, 2 S]`` (or
             ``[k, hL, S]`` for a deterministic model).
         biases: per layer ``[k, out]``, float32.
         state_stats: ``[k, 8, S]`` float32 rows: input mean and std of the state, target mean
@@ -103,7 +98,7 @@ def pack_rollout(
     stats: dict,
     logvar_bounds: Optional[dict],
     obs_dim: int,
-    config: FusedMLPConfig,
+    config: KernelConfig,
 ) -> PackedRollout:
     """Pads ``k`` stacked draws ``[{'w': [k, in, out], 'b': [k, out]}, ...]`` (input
     ``obs_dim + act_dim``, output ``target_dim`` means, then as many raw log-variances when
@@ -122,7 +117,7 @@ def pack_rollout(
     first, middle, last = layers[0], layers[1:-1], layers[-1]
 
     # First layer: state rows [0, obs_dim), action rows [S, S + act_dim), zero elsewhere.
-    h1 = _width(first["w"].shape[-1], config)
+    h1 = padded_width(first["w"].shape[-1])
     w_in = jnp.zeros((k, s + a, h1), jnp.float32)
     w_in = w_in.at[:, :obs_dim, : first["w"].shape[-1]].set(first["w"][:, :obs_dim])
     w_in = w_in.at[:, s : s + act_dim, : first["w"].shape[-1]].set(first["w"][:, obs_dim:])
@@ -133,7 +128,7 @@ def pack_rollout(
         biases += hidden.biases
     # Last layer: [mean | raw log-variance], each padded to S columns.
     fan_in = last["w"].shape[-2]
-    w = jnp.pad(last["w"], ((0, 0), (0, _width(fan_in, config) - fan_in), (0, 0)))
+    w = jnp.pad(last["w"], ((0, 0), (0, padded_width(fan_in) - fan_in), (0, 0)))
     b = last["b"]
     if probabilistic:
         w = jnp.concatenate([_pad_to(w[..., :target_dim], s), _pad_to(w[..., target_dim:], s)],
@@ -167,22 +162,79 @@ def pack_rollout(
     )
 
 
+def _barrier(interpret: bool) -> None:
+    """All of the program's threads reach this point before any goes on (their global-memory
+    writes visible to each other); nothing to do in the sequential interpreter."""
+    if not interpret:
+        from jax.experimental.pallas import triton as pl_triton
+
+        pl_triton.debug_barrier()
+
+
+def _staged_dense(scratch_ref, in_width, w_ref, b_ref, out_pieces, dot_dtype, zero,
+                  k_chunk: int = 64) -> List[jax.Array]:
+    """One layer whose input ``[rows, in_width]`` sits in memory (``scratch_ref``): a loop over
+    ``k_chunk``-wide input slices, each multiplied into every output piece, then the remaining
+    (power-of-two) slices. Triton software-pipelines the loop's loads (``num_stages``), so only
+    the output pieces' accumulators stay in registers."""
+    from jax.experimental import pallas as pl
+
+    rows = scratch_ref.shape[0]
+    accs = tuple(jnp.broadcast_to(b_ref[pl.ds(o, n)][None, :], (rows, n)) for o, n in out_pieces)
+
+    def product(accs, offset, size):
+        a = scratch_ref[:, pl.ds(offset, size)]
+        return tuple(acc + jnp.dot(a, w_ref[pl.ds(offset, size), pl.ds(o, n)],
+                                   preferred_element_type=jnp.float32)
+                     for acc, (o, n) in zip(accs, out_pieces, strict=True))
+
+    full = in_width // k_chunk
+    if full:
+        accs = jax.lax.fori_loop(0, full, lambda c, accs: product(accs, c * k_chunk + zero,
+                                                                  k_chunk), accs)
+    for offset, size in chunks(in_width - full * k_chunk):  # none when k_chunk divides it
+        accs = product(accs, full * k_chunk + offset + zero, size)
+    return list(accs)
+
+
+def _staged_network(h, scratch_ref, param_refs, pieces, activation, dot_dtype, zero,
+                    interpret) -> List[jax.Array]:
+    """``fused_mlp._network`` with the hidden activations in memory: each hidden layer's
+    activated output is written to ``scratch_ref`` (the program's ``[rows, width]`` block of a
+    scratch buffer) and read back by the next layer's ``_staged_dense``. The first layer takes
+    the register pieces ``h``; the last returns its output pieces.
+
+    (One loop per layer accumulating every output piece compiles to fewer spills than one loop
+    per output piece, ``benchmarks/triton_resources.py``.)"""
+    from jax.experimental import pallas as pl
+
+    num_layers = len(pieces) - 1
+    h = _dense(h, param_refs[0], param_refs[1], pieces[0], pieces[1], dot_dtype, zero)
+    for layer in range(1, num_layers):
+        _barrier(interpret)  # every thread is done reading the previous layer's activations
+        for (offset, size), chunk in zip(pieces[layer], h, strict=True):
+            scratch_ref[:, pl.ds(offset, size)] = activation(chunk).astype(dot_dtype)
+        _barrier(interpret)  # ... and sees all of this layer's
+        width = sum(size for _, size in pieces[layer])
+        h = _staged_dense(scratch_ref, width, param_refs[2 * layer], param_refs[2 * layer + 1],
+                          pieces[layer + 1], dot_dtype, zero)
+    return h
+
+
 def _rollout_kernel(obs_ref, act_ref, *refs, pieces, activation, dot_dtype, horizon, noisy,
-                    staged, interpret):
+                    interpret):
     """One program: ``block_rows`` particles of one draw through all ``horizon`` steps.
 
     Operands: ``obs_ref`` [R, S], ``act_ref`` [H, R, A], (``noisy``) noise [H, R, S], the
     layers' weights and biases, the state and action statistics, a [16] int32 zero, the output
-    [H, R, S] and (``staged``) the activation scratch [R, width].
+    [H, R, S] and the activation scratch [R, width].
     """
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pl_triton
 
     noise_ref = refs[0] if noisy else None
     refs = refs[1:] if noisy else refs
-    scratch_ref = refs[-1] if staged else None
-    refs = refs[:-1] if staged else refs
-    param_refs, (state_ref, act_stats_ref, zero_ref, out_ref) = refs[:-4], refs[-4:]
+    param_refs, (state_ref, act_stats_ref, zero_ref, out_ref, scratch_ref) = refs[:-5], refs[-5:]
 
     def step(t, obs):
         # A 0 the compiler cannot see through: the weights' addresses (and the statistics,
@@ -190,24 +242,21 @@ def _rollout_kernel(obs_ref, act_ref, *refs, pieces, activation, dot_dtype, hori
         # where they would hold registers for all of it (benchmarks/triton_resources.py).
         zero = zero_ref[0] if interpret else pl_triton.load(zero_ref.at[0], volatile=True)
         row = lambda i: state_ref[pl.ds(i + zero, 1), :]  # [1, S]
-        obs_mean, obs_std = row(_OBS_MEAN), row(_OBS_STD)
-        target_mean, target_std = row(_TARGET_MEAN), row(_TARGET_STD)
-        keep, logvar_max, var_min = row(_KEEP), row(_LOGVAR_MAX), row(_VAR_MIN)
         act_mean, act_std = act_stats_ref[pl.ds(zero, 1), :], act_stats_ref[pl.ds(1 + zero, 1), :]
-        x = [(obs - obs_mean) / obs_std, (act_ref[t] - act_mean) / act_std]
-        if staged:
-            out = _staged_network(x, scratch_ref, param_refs, pieces, activation, dot_dtype,
-                                  zero, interpret)
-        else:
-            out = _network(x, param_refs, pieces, activation, dot_dtype, zero)
+        x = [standardize(obs, row(_OBS_MEAN), row(_OBS_STD)),
+             standardize(act_ref[t], act_mean, act_std)]
+        out = _staged_network(x, scratch_ref, param_refs, pieces, activation, dot_dtype, zero,
+                              interpret)
         if noisy:
-            mean, raw = out
-            out = mean + jnp.sqrt(bounded_variance(raw, logvar_max, var_min)) * noise_ref[t]
+            (mean, raw), noise = out, noise_ref[t]
+            logvar_max, var_min = row(_LOGVAR_MAX), row(_VAR_MIN)
         else:
-            (out,) = out
-        next_obs = obs * keep + (out * target_std + target_mean)
-        out_ref[t] = next_obs
-        return next_obs
+            (mean,), raw, noise, logvar_max, var_min = out, None, None, None, None
+        out = denormalized_sample(mean, raw, noise, logvar_max, var_min, row(_TARGET_MEAN),
+                                  row(_TARGET_STD))
+        obs = next_state(obs, out, keep=row(_KEEP))
+        out_ref[t] = obs
+        return obs
 
     jax.lax.fori_loop(0, horizon, step, obs_ref[...])
 
@@ -235,7 +284,7 @@ def fused_rollout(
     act: jax.Array,
     noise: Optional[jax.Array],
     activation: Callable[[jax.Array], jax.Array],
-    config: FusedMLPConfig,
+    config: KernelConfig,
 ) -> jax.Array:
     """Draw ``i`` of ``packed`` rolled out from ``obs[i]`` under ``act[i]``, in one launch.
 
@@ -263,8 +312,7 @@ def fused_rollout(
         return jnp.pad(x.astype(jnp.float32), pad)
 
     hidden = [w.shape[-1] for w in packed.weights[:-1]]
-    pieces = (((0, s), (s, a)),) + tuple(
-        chunks(h, config.max_chunk, config.pad_to_power_of_two) for h in hidden)
+    pieces = (((0, s), (s, a)),) + tuple(chunks(h) for h in hidden)
     pieces += (((0, s), (s, s)) if packed.probabilistic else ((0, s),),)
 
     def per_step(width):  # [k, H, rows, width] in blocks of one draw's r rows, every step
@@ -290,20 +338,16 @@ def fused_rollout(
     kernel = functools.partial(
         _rollout_kernel, pieces=pieces, activation=activation,
         dot_dtype=jnp.dtype(config.dot_dtype), horizon=horizon, noisy=use_noise,
-        staged=config.staged, interpret=config.interpret,
+        interpret=config.interpret,
     )
     compiler_params = None
     if not config.interpret:
-        # Unstaged, Triton's software pipelining would buffer every weight chunk loaded in the
-        # time loop in shared memory (1.8 MB at 3 stages for the halfcheetah network): one stage.
-        stages = config.num_stages or (3 if config.staged else 1)
-        compiler_params = pl_triton.CompilerParams(num_warps=config.num_warps, num_stages=stages)
-    out_shape = [jax.ShapeDtypeStruct((k, horizon, rows, s), jnp.float32)]
-    out_specs = [per_step(s)]
-    if config.staged:  # each program's activations, [block_rows, widest hidden layer]
-        width = max(hidden)
-        out_shape.append(jax.ShapeDtypeStruct((k, rows, width), config.dot_dtype))
-        out_specs.append(pl.BlockSpec((pl.squeezed, r, width), lambda i, j: (i, j, 0)))
+        compiler_params = pl_triton.CompilerParams(num_warps=config.num_warps,
+                                                   num_stages=_NUM_STAGES)
+    width = max(hidden)  # each program's activations, [block_rows, widest hidden layer]
+    out_shape = [jax.ShapeDtypeStruct((k, horizon, rows, s), jnp.float32),
+                 jax.ShapeDtypeStruct((k, rows, width), config.dot_dtype)]
+    out_specs = [per_step(s), pl.BlockSpec((pl.squeezed, r, width), lambda i, j: (i, j, 0))]
     out = pl.pallas_call(
         kernel,
         out_shape=out_shape,

@@ -1,10 +1,11 @@
 """A PETS ensemble's whole planning horizon in one GPU kernel on Pallas' Mosaic GPU backend.
 
-The same computation as :func:`~mbrl_bayes.models.fused_rollout.fused_rollout` (read its module
-docstring for the per-step formulas), written for the backend JAX develops for Hopper and later
-GPUs: JAX 0.11 deprecated Pallas' Triton backend ("will be removed in a future version"), and
-Mosaic GPU gives explicit control of what Triton decides on its own, which matters here because
-the Triton kernel spends all 255 registers and spills (``benchmarks/triton_resources.py``).
+The same computation as :func:`~mbrl_bayes.kernels.fused_rollout.fused_rollout`, with the same
+per-step formulas (:mod:`~mbrl_bayes.models.transition_math`), written for the backend JAX
+develops for Hopper and later GPUs: JAX 0.11 deprecated Pallas' Triton backend ("will be removed
+in a future version"), and Mosaic GPU gives explicit control of what Triton decides on its own,
+which matters here because the Triton kernel spends all 255 registers and spills
+(``benchmarks/triton_resources.py``).
 
 One CUDA block (one warpgroup, 128 threads) takes ``block_rows`` particles of one draw through
 all ``horizon`` steps:
@@ -22,7 +23,7 @@ all ``horizon`` steps:
 
 Layout (``pack_mosaic``): the first and hidden layers are padded to one square ``[D, D]`` block,
 ``D`` the widest of ``S + A`` and the hidden widths (``S``, ``A``: the state and action widths of
-:class:`~mbrl_bayes.models.fused_rollout.PackedRollout`, multiples of 16), so that one slot
+:class:`~mbrl_bayes.kernels.fused_rollout.PackedRollout`, multiples of 16), so that one slot
 serves them all; the output layer to ``[D, out]``. Zero padding keeps padded units out of the
 outputs for any activation. The actions are standardized by XLA before the launch (they are
 known in advance). At the PETS halfcheetah widths a 128-row block uses 218,168 of the 232,448
@@ -42,8 +43,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes.models.fused_mlp import FusedMLPConfig
-from mbrl_bayes.models.fused_rollout import (
+from mbrl_bayes.kernels.config import KernelConfig
+from mbrl_bayes.kernels.fused_rollout import (
     _KEEP,
     _LOGVAR_MAX,
     _OBS_MEAN,
@@ -54,7 +55,7 @@ from mbrl_bayes.models.fused_rollout import (
     PackedRollout,
     check_rollout_inputs,
 )
-from mbrl_bayes.models.gaussian import bounded_variance
+from mbrl_bayes.models.transition_math import denormalized_sample, next_state, standardize
 
 _OPERAND_SWIZZLE = 32  # bytes: 16 16-bit elements, so every multiple-of-16 width tiles exactly
 SHARED_MEMORY_LIMIT = 227 * 1024  # bytes of shared memory one block may use on an H100/H200
@@ -88,7 +89,7 @@ def pack_mosaic(packed: PackedRollout) -> tuple[jax.Array, jax.Array, jax.Array]
     return jnp.stack(weights, axis=1), last, jnp.stack(biases, axis=1)
 
 
-def _shared_buffers(packed: PackedRollout, config: FusedMLPConfig) -> list:
+def _shared_buffers(packed: PackedRollout, config: KernelConfig) -> list:
     """``(shape, dtype, tiled)`` of each shared-memory buffer of a block, in the kernel's order:
     the weight slot, the resident output layer, the activations, the state and action operands
     (tiled for ``wgmma``), the state and noise tiles (tiled for the accumulator layout), the
@@ -105,7 +106,7 @@ def _shared_buffers(packed: PackedRollout, config: FusedMLPConfig) -> list:
 _BARRIERS = (1, 1, 1, 4)  # weights, actions, noise, the four start-up copies
 
 
-def shared_memory_bytes(packed: PackedRollout, config: FusedMLPConfig) -> int:
+def shared_memory_bytes(packed: PackedRollout, config: KernelConfig) -> int:
     """Shared memory one block of :func:`mosaic_rollout` allocates: its buffers, each aligned to
     1 KB as Mosaic GPU allocates them, and its 8-byte barriers (equal to Mosaic GPU 0.10.2's own
     count)."""
@@ -129,11 +130,11 @@ def mosaic_rollout(
     act: jax.Array,
     noise: Optional[jax.Array],
     activation: Callable[[jax.Array], jax.Array],
-    config: FusedMLPConfig,
+    config: KernelConfig,
 ) -> jax.Array:
     """Draw ``i`` of ``packed`` rolled out from ``obs[i]`` under ``act[i]``, in one launch.
 
-    Same arguments and result as :func:`~mbrl_bayes.models.fused_rollout.fused_rollout`:
+    Same arguments and result as :func:`~mbrl_bayes.kernels.fused_rollout.fused_rollout`:
     ``obs`` [k, m, d], ``act`` [k, H, m, a] (unstandardized), ``noise`` [k, H, m, t] or None;
     returns [k, H, m, t].
     """
@@ -142,7 +143,7 @@ def mosaic_rollout(
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
     if config.backend != "mosaic":
-        raise ValueError(f"mosaic_rollout runs FusedMLPConfig(backend='mosaic'), got "
+        raise ValueError(f"mosaic_rollout runs KernelConfig(backend='mosaic'), got "
                          f"backend={config.backend!r}.")
     check_rollout_inputs(packed, obs, act, noise, "mosaic_rollout")
     k, m, _ = obs.shape
@@ -176,7 +177,7 @@ def mosaic_rollout(
     act_mean = packed.act_stats[:, None, None, 0, : packed.act_dim]
     act_std = packed.act_stats[:, None, None, 1, : packed.act_dim]
     # One spare step at the end: the kernel prefetches step t + 1's inputs unconditionally.
-    act_in = padded(((act - act_mean) / act_std).astype(dtype), a, steps=1)
+    act_in = padded(standardize(act, act_mean, act_std).astype(dtype), a, steps=1)
     operands = [padded(obs.astype(jnp.float32), s), act_in]
     if use_noise:
         operands.append(padded(noise.astype(jnp.float32), s, steps=1))
@@ -237,7 +238,7 @@ def mosaic_rollout(
                 load_weights(layer + 1 if layer + 1 < num_layers - 1 else 0)
 
             def step(i, state):
-                xs = (state - stat(_OBS_MEAN)) / stat(_OBS_STD)
+                xs = standardize(state, stat(_OBS_MEAN), stat(_OBS_STD))
                 x_smem[...] = xs.astype(dtype)
                 plgpu.commit_smem()
                 plgpu.barrier_wait(w_bar)
@@ -262,12 +263,13 @@ def mosaic_rollout(
                     eps = n_smem[...]
                     plgpu.commit_smem()  # every thread has read the noise before TMA refills it
                     plgpu.copy_gmem_to_smem(noise_g.at[draw, i + 1, block_rows], n_smem, n_bar)
-                    mean, raw = outs
-                    var = bounded_variance(raw, stat(_LOGVAR_MAX), stat(_VAR_MIN))
-                    out = mean + var * lax.rsqrt(var) * eps
+                    (mean, raw), bounds = outs, (stat(_LOGVAR_MAX), stat(_VAR_MIN))
                 else:
-                    out = outs[0]
-                nxt = state * stat(_KEEP) + (out * stat(_TARGET_STD) + stat(_TARGET_MEAN))
+                    (mean,), raw, eps, bounds = outs, None, None, (None, None)
+                # Mosaic GPU lowers rsqrt, not sqrt.
+                out = denormalized_sample(mean, raw, eps, *bounds, stat(_TARGET_MEAN),
+                                          stat(_TARGET_STD), sqrt=lambda v: v * lax.rsqrt(v))
+                nxt = next_state(state, out, keep=stat(_KEEP))
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's copy read
                 io_smem[...] = nxt
                 plgpu.commit_smem()
