@@ -137,8 +137,8 @@ def train(
     The holdout score is each member's MSE (``early_stopping='mse'``, as in PETS/mbrl-lib) or
     its NLL (``'nll'``): with little data a probabilistic head keeps lowering the MSE long
     after its variances have become overconfident (on 1000 HalfCheetah transitions the holdout
-    NLL is lowest near epoch 35 and 11 nats worse by epoch 200, while the MSE still falls), and
-    the NLL score stops there.
+    NLL is lowest near epoch 35, 14 nats per transition, and 109 by epoch 200, while the MSE
+    still falls), and the NLL score stops there.
 
     ``history`` maps ``epoch``, ``train_loss`` (the model's objective), ``train_nll``,
     ``train_mse``, ``holdout_mse``, ``holdout_nll``, ``holdout_score`` and ``seconds`` to
