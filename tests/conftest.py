@@ -32,7 +32,7 @@ def pendulum_data(n, seed):
     thdot = rng.uniform(-8, 8, n)
     obs = np.stack([np.cos(th), np.sin(th), thdot], -1).astype(np.float32)
     act = rng.uniform(-2, 2, (n, 1)).astype(np.float32)
-    return {"obs": obs, "act": act, "next_obs": np.asarray(pendulum_step(obs, act), np.float32),
+    return {"obs": obs, "act": act, "next_obs": np.array(pendulum_step(obs, act), np.float32),
             "reward": np.zeros(n, np.float32)}
 
 

@@ -125,15 +125,16 @@ def train(
     """Trains ``model`` on the transitions in ``buffer``; returns ``(params, history)``.
 
     ``buffer`` is a ``ReplayBuffer`` or, except for sequence models, a dict of arrays (see
-    :func:`as_replay_buffer`); the data go through the buffer's sampling: ``split`` holds out a random ``holdout_fraction``
-    (at most ``max_holdout`` units, at least one), where a unit is a transition or, for
-    sequence models (with a ``sequence_length``), a window of that many steps within one
-    episode; ``bootstrap_indices`` gives each ensemble member (``model.num_members > 1``) its
-    own resample of the training units (``bootstrap=True``), and all members train in one
-    jitted update step on a [members, batch_size, ...] batch. Training stops after
-    ``max_epochs`` or when the holdout score has not improved by a relative
-    ``improvement_threshold`` for ``patience`` epochs; each member keeps its weights from its
-    best holdout epoch. Ensembles then keep their ``num_elites`` best members for planning.
+    :func:`as_replay_buffer`); the data go through the buffer's sampling. ``split`` holds out
+    a random ``holdout_fraction`` (at most ``max_holdout`` units, at least one), where a unit
+    is a transition or, for sequence models (with a ``sequence_length``), a window of that
+    many steps within one episode; ``bootstrap_indices`` gives each ensemble member
+    (``model.num_members > 1``) its own resample of the training units (``bootstrap=True``),
+    and all members train in one jitted update step on a [members, batch_size, ...] batch.
+    Training stops after ``max_epochs`` or when the holdout score has not improved by a
+    relative ``improvement_threshold`` for ``patience`` epochs; each member keeps its weights
+    from its best holdout epoch. Ensembles then keep their ``num_elites`` best members for
+    planning.
     The holdout score is each member's MSE (``early_stopping='mse'``, as in PETS/mbrl-lib) or
     its NLL (``'nll'``): with little data a probabilistic head keeps lowering the MSE long
     after its variances have become overconfident (on 1000 HalfCheetah transitions the holdout
@@ -150,12 +151,7 @@ def train(
     score_name = _check_train_args(batch_size, max_epochs, patience, holdout_fraction,
                                    early_stopping)
     window = getattr(model, "sequence_length", None) or None
-    if window and not isinstance(buffer, ReplayBuffer):
-        raise TypeError("Sequence models train on a ReplayBuffer (it knows episode boundaries).")
-    if getattr(model, "learns_reward", False) and isinstance(buffer, Mapping) \
-            and "reward" not in buffer:
-        raise ValueError("Training data lacks the field 'reward' that the model learns.")
-    buffer = as_replay_buffer(buffer)
+    buffer = _training_buffer(model, buffer, window)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
     train_idx, holdout_idx = buffer.split(rng, holdout_fraction, max_holdout, window)
     data = {f: np.asarray(x, np.float32) for f, x in buffer.as_dict().items() if f in _FIELDS}
@@ -228,6 +224,16 @@ def _check_train_args(batch_size: int, max_epochs: int, patience: int, holdout_f
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
     return EARLY_STOPPING_SCORES[early_stopping]
+
+
+def _training_buffer(model: Any, data: Any, window: Optional[int]) -> ReplayBuffer:
+    """The ``ReplayBuffer`` that ``train`` reads (see :func:`as_replay_buffer`)."""
+    if window and not isinstance(data, ReplayBuffer):
+        raise TypeError("Sequence models train on a ReplayBuffer (it knows episode boundaries).")
+    if getattr(model, "learns_reward", False) and isinstance(data, Mapping) \
+            and "reward" not in data:
+        raise ValueError("Training data lacks the field 'reward' that the model learns.")
+    return as_replay_buffer(data)
 
 
 class _Rows:
