@@ -213,6 +213,13 @@ def test_bad_input_is_reported_clearly(pendulum_data):
     empty = {k: v[:0] for k, v in pendulum_data(5, 0).items()}
     with pytest.raises(ValueError, match="empty buffer"):
         train(model, params, empty, jax.random.PRNGKey(0))
+    no_reward = {k: v for k, v in pendulum_data(20, 0).items() if k != "reward"}
+    reward_model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(8,),
+                                         learn_reward=True)
+    with pytest.raises(ValueError, match="lacks the field 'reward'"):
+        train(reward_model, params, no_reward, jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="ReplayBuffer or a dict"):
+        train(model, params, [data["obs"]], jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="num_elites"):
         ProbabilisticEnsemble(obs_dim=3, act_dim=1, ensemble_size=2, num_elites=3)
     with pytest.raises(ValueError, match="dropout_rate"):
