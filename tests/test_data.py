@@ -78,6 +78,14 @@ def test_sample_bootstrap_split():
     np.testing.assert_array_equal(np.sort(np.concatenate([train, holdout])), np.arange(6))
     train, holdout = buffer.split(rng, 0.0)
     assert len(holdout) == 0 and len(train) == 6
+    train, holdout = buffer.split(rng, 0.5, max_holdout=2)  # round(3) capped at 2
+    assert len(holdout) == 2 and len(train) == 4
+
+    # A bootstrap of the training part only: every index is a training index.
+    indices = buffer.bootstrap_indices(rng, 3, indices=train)
+    assert indices.shape == (3, 4) and set(indices.ravel()) <= set(train)
+    with pytest.raises(ValueError, match="non-empty 1-D integer array"):
+        buffer.bootstrap_indices(rng, 3, indices=np.zeros(0, int))
 
 
 def test_episodes_and_sequences_never_cross_boundaries():
@@ -101,6 +109,15 @@ def test_episodes_and_sequences_never_cross_boundaries():
 
     with pytest.raises(ValueError, match="no stored episode has 5 contiguous steps"):
         buffer.sample_sequences(np.random.default_rng(0), 2, 5)
+
+    # Holdout splits of windows: a partition of the valid window starts.
+    train, holdout = buffer.split(np.random.default_rng(2), 0.5, sequence_length=3)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, holdout])), [2, 3])
+    assert len(holdout) == 1
+    np.testing.assert_array_equal(ReplayBuffer.window_indices(np.array([2, 3]), 3),
+                                  [[2, 3, 4], [3, 4, 5]])
+    with pytest.raises(ValueError, match="no stored episode has 5 contiguous steps"):
+        buffer.split(np.random.default_rng(0), 0.5, sequence_length=5)
 
 
 def test_save_load_round_trip(tmp_path):

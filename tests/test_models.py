@@ -1,32 +1,14 @@
 """Dynamics models: fit known systems, recover known noise, epistemic spread, function draws."""
 
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mbrl_bayes import models
+from mbrl_bayes.data import ReplayBuffer
 from mbrl_bayes.models import MCDropoutMLP, ProbabilisticEnsemble, VariationalMLP, train
-
-
-def pendulum_step(obs, act):
-    """Exact Pendulum-v1 dynamics on obs (cos th, sin th, thdot), act [.., 1]."""
-    th = np.arctan2(obs[..., 1], obs[..., 0])
-    u = np.clip(act[..., 0], -2.0, 2.0)
-    thdot = np.clip(obs[..., 2] + (15.0 * np.sin(th) + 3.0 * u) * 0.05, -8.0, 8.0)
-    th = th + thdot * 0.05
-    return np.stack([np.cos(th), np.sin(th), thdot], -1).astype(np.float32)
-
-
-def pendulum_data(n, seed):
-    rng = np.random.default_rng(seed)
-    th = rng.uniform(-np.pi, np.pi, n)
-    thdot = rng.uniform(-8, 8, n)
-    obs = np.stack([np.cos(th), np.sin(th), thdot], -1).astype(np.float32)
-    act = rng.uniform(-2, 2, (n, 1)).astype(np.float32)
-    return {"obs": obs, "act": act, "next_obs": pendulum_step(obs, act),
-            "reward": np.zeros(n, np.float32)}
-
 
 NOISE_STD = 0.1
 
@@ -58,7 +40,7 @@ PENDULUM_MODELS = {
 
 
 @pytest.fixture(scope="module")
-def pendulum_fits():
+def pendulum_fits(pendulum_data):
     data = pendulum_data(3000, seed=0)
     out = {}
     for name, make in PENDULUM_MODELS.items():
@@ -69,7 +51,7 @@ def pendulum_fits():
 
 
 @pytest.mark.parametrize("name", sorted(PENDULUM_MODELS))
-def test_fits_pendulum_dynamics(pendulum_fits, name):
+def test_fits_pendulum_dynamics(pendulum_data, pendulum_fits, name):
     model, params, history = pendulum_fits[name]
     test = pendulum_data(500, seed=1)
     k = model.num_functions or 4
@@ -161,7 +143,7 @@ def test_ensemble_variants_and_elites(pendulum_fits):
     assert set(np.asarray(fns["member"]).tolist()) <= {1, 3}
 
 
-def test_members_train_on_different_bootstraps():
+def test_members_train_on_different_bootstraps(pendulum_data):
     data = pendulum_data(400, seed=0)
     model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=3)
     params, _ = fit(model, data, max_epochs=2)
@@ -200,7 +182,7 @@ def test_normalizer_is_robust_to_constant_dimensions():
     np.testing.assert_allclose(z[:, 0].std(), 1.0, rtol=1e-5)
 
 
-def test_learned_reward_head():
+def test_learned_reward_head(pendulum_data):
     data = pendulum_data(1500, seed=0)
     data["reward"] = (data["obs"][:, 0] - 0.01 * data["obs"][:, 2] ** 2).astype(np.float32)
     model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(64, 64), ensemble_size=2,
@@ -215,7 +197,7 @@ def test_learned_reward_head():
     assert err < 0.1 * data["reward"].std(), err
 
 
-def test_bad_input_is_reported_clearly():
+def test_bad_input_is_reported_clearly(pendulum_data):
     model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(8,), ensemble_size=2)
     with pytest.raises(ValueError, match="obs must have shape"):
         model.init(jax.random.PRNGKey(0), jnp.zeros((2, 4)), jnp.zeros((2, 1)))
@@ -231,13 +213,20 @@ def test_bad_input_is_reported_clearly():
     empty = {k: v[:0] for k, v in pendulum_data(5, 0).items()}
     with pytest.raises(ValueError, match="empty buffer"):
         train(model, params, empty, jax.random.PRNGKey(0))
+    no_reward = {k: v for k, v in pendulum_data(20, 0).items() if k != "reward"}
+    reward_model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(8,),
+                                         learn_reward=True)
+    with pytest.raises(ValueError, match="lacks the field 'reward'"):
+        train(reward_model, params, no_reward, jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="ReplayBuffer or a dict"):
+        train(model, params, [data["obs"]], jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="num_elites"):
         ProbabilisticEnsemble(obs_dim=3, act_dim=1, ensemble_size=2, num_elites=3)
     with pytest.raises(ValueError, match="dropout_rate"):
         MCDropoutMLP(obs_dim=3, act_dim=1, dropout_rate=1.5)
 
 
-def test_history_reports_the_holdout_error_of_the_returned_params():
+def test_history_reports_the_holdout_error_of_the_returned_params(pendulum_data):
     data = pendulum_data(300, seed=2)
     model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=1,
                                   probabilistic=False)
@@ -251,7 +240,7 @@ def test_history_reports_the_holdout_error_of_the_returned_params():
     assert best < len(history["epoch"])  # not simply the last epoch's error
 
 
-def test_early_stopping_on_the_holdout_nll_keeps_the_variances_calibrated():
+def test_early_stopping_on_the_holdout_nll_keeps_the_variances_calibrated(pendulum_data):
     """With little data the mean keeps improving long after the variance head has become
     overconfident: stopping on the MSE returns a much worse NLL than stopping on the NLL."""
     data = pendulum_data(80, seed=1)
@@ -317,3 +306,116 @@ def test_transition_noise_has_the_predicted_variance(noisy_pe):
     np.testing.assert_allclose(step.mean(1), mean[:, 0], atol=0.05 * NOISE_STD)
     _, var = model.predict_moments(params, jax.random.PRNGKey(0), obs[0, :1], act[0, :1])
     np.testing.assert_allclose(step.std(1), jnp.sqrt(var[:, 0]), rtol=0.03)
+
+
+def test_gaussian_nll_is_the_per_point_gaussian_log_density():
+    rng = np.random.default_rng(0)
+    mean, logvar, target = (rng.normal(size=(2, 5, 3)).astype(np.float32) for _ in range(3))
+    nll = models.gaussian_nll(mean, logvar, target)
+    assert nll.shape == (2, 5)  # one value per data point, summed over the target dimensions
+    reference = -distrax.MultivariateNormalDiag(mean, np.exp(0.5 * logvar)).log_prob(target)
+    np.testing.assert_allclose(nll, reference, rtol=1e-5)
+    # A unit variance: half the squared error plus 0.5 log(2 pi) per dimension.
+    np.testing.assert_allclose(models.gaussian_nll(mean, 0.0, target),
+                               0.5 * ((target - mean) ** 2).sum(-1) + 1.5 * np.log(2 * np.pi),
+                               rtol=1e-5)
+
+
+def _batch(pendulum_data, n=64):
+    return jax.tree_util.tree_map(jnp.asarray, pendulum_data(n, seed=3))
+
+
+def _init(model, data):
+    params = model.init(jax.random.PRNGKey(0), data["obs"][:2], data["act"][:2])
+    params = model.fit_stats(params, jax.tree_util.tree_map(np.asarray, data))
+    if "logvar_bounds" in params:  # bounds away from their initial values: a non-zero penalty
+        params["logvar_bounds"] = {"max": jnp.array([0.3, 0.6, 0.9]),
+                                   "min": jnp.array([-9.0, -8.0, -7.0])}
+    return params
+
+
+def test_the_pets_objective_is_mbrl_libs_loss(pendulum_data):
+    """The ensemble trains on its NLL, scaled to mbrl-lib's loss: the sum over members of the
+    mean over rows and dimensions of ``sq * exp(-logvar) + logvar`` (``sq`` if deterministic),
+    plus ``0.01 * (sum(max_logvar) - sum(min_logvar))``; equal up to ``E * log(2 pi)``."""
+    data = _batch(pendulum_data)
+    key = jax.random.PRNGKey(1)
+    for probabilistic in (True, False):
+        model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=3,
+                                      probabilistic=probabilistic)
+        params = _init(model, data)
+        loss, aux = model.loss(params, key, data)
+        obs, act, target = model.standardized_targets(params, data)
+        obs, act = (jnp.broadcast_to(a, (3,) + a.shape) for a in (obs, act))
+        mean, logvar = model._standardized_prediction(params, model.all_members(params), key,
+                                                      obs, act)
+        sq = np.square(np.asarray(mean) - np.asarray(target))
+        if probabilistic:
+            bounds = params["logvar_bounds"]
+            mbrl_lib = (sq * np.exp(-logvar) + logvar).mean((1, 2)).sum() + 0.01 * (
+                bounds["max"].sum() - bounds["min"].sum())
+        else:
+            mbrl_lib = sq.mean((1, 2)).sum()
+        np.testing.assert_allclose(loss, mbrl_lib + 3 * np.log(2 * np.pi), rtol=1e-5)
+        np.testing.assert_allclose(aux["mse"], sq.mean(), rtol=1e-5)
+
+
+def test_every_family_reports_one_nll(pendulum_data):
+    """``aux['nll']`` and ``evaluate``'s ``nll`` are the mean per-point NLL of the predictive
+    Gaussian (a deterministic head's: variance DETERMINISTIC_STD**2), for every family; each
+    objective is that NLL plus its own terms."""
+    from mbrl_bayes.models.gaussian import DETERMINISTIC_STD
+
+    data = _batch(pendulum_data)
+    key = jax.random.PRNGKey(1)
+    # One probabilistic member: evaluate's NLL is distrax's log density of its prediction.
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=1)
+    params = _init(model, data)
+    mean, logvar, target = model._holdout_prediction(params, key, data)
+    reference = -distrax.MultivariateNormalDiag(mean, jnp.exp(0.5 * logvar)).log_prob(target)
+    np.testing.assert_allclose(model.evaluate(params, key, data)["nll"], reference.mean(),
+                               rtol=1e-5)
+    loss, aux = model.loss(params, key, data)
+    np.testing.assert_allclose(loss, 2 / 3 * aux["nll"] + model.logvar_penalty(params),
+                               rtol=1e-5)
+    # A deterministic head is scored with the variance that ``predict`` reports.
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(16,), ensemble_size=1,
+                                  probabilistic=False)
+    params = _init(model, data)
+    mean, logvar, target = model._holdout_prediction(params, key, data)
+    assert logvar is None
+    scale = jnp.full_like(mean, DETERMINISTIC_STD)
+    reference = -distrax.MultivariateNormalDiag(mean, scale).log_prob(target)
+    np.testing.assert_allclose(model.evaluate(params, key, data)["nll"], reference.mean(),
+                               rtol=1e-5)
+    # Variational: the ELBO per data point, NLL + KL / N (+ the bound penalty).
+    model = VariationalMLP(obs_dim=3, act_dim=1, hidden_sizes=(16,))
+    params = _init(model, data)
+    loss, aux = model.loss(params, key, data)
+    np.testing.assert_allclose(aux["kl"], model.kl(params), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss, aux["nll"] + aux["kl"] / 64 + model.logvar_penalty(params), rtol=1e-5)
+    # MC dropout: one member's PETS objective.
+    model = MCDropoutMLP(obs_dim=3, act_dim=1, hidden_sizes=(16,))
+    params = _init(model, data)
+    loss, aux = model.loss(params, key, data)
+    np.testing.assert_allclose(loss, 2 / 3 * aux["nll"] + model.logvar_penalty(params),
+                               rtol=1e-5)
+
+
+def test_train_splits_and_bootstraps_through_the_replay_buffer(pendulum_data):
+    data = pendulum_data(200, seed=4)
+    buffer = ReplayBuffer(200, 3, 1)
+    buffer.add(data["obs"], data["act"], data["next_obs"], data["reward"],
+               np.zeros(200, bool), np.zeros(200, bool))
+    model = ProbabilisticEnsemble(obs_dim=3, act_dim=1, hidden_sizes=(8,), ensemble_size=2)
+    params = model.init(jax.random.PRNGKey(0), data["obs"][:2], data["act"][:2])
+    kwargs = dict(max_epochs=2, batch_size=32, max_holdout=15)
+    from_buffer, history = train(model, params, buffer, jax.random.PRNGKey(1), **kwargs)
+    from_dict, same = train(model, params, data, jax.random.PRNGKey(1), **kwargs)
+    # A dict of arrays is stored in a buffer and takes the same path: same split, same bootstrap.
+    for a, b in zip(jax.tree_util.tree_leaves(from_buffer), jax.tree_util.tree_leaves(from_dict)):
+        np.testing.assert_array_equal(a, b)
+    assert history["holdout_mse"] == same["holdout_mse"]
+    assert history["num_holdout"] == [15] and history["num_train"] == [185]  # 20 capped at 15
+    assert len(history["train_nll"]) == len(history["epoch"]) == 2

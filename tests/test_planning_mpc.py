@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrl_bayes.models.base import Transition
 from mbrl_bayes.planning import CEM, MPC
 
 # ----------------------------------------------------------------------------- exact Pendulum-v1
@@ -17,32 +16,6 @@ def pendulum_reward(obs, act, next_obs):
     th = jnp.arctan2(obs[..., 1], obs[..., 0])  # angle_normalize(th)
     u = jnp.clip(act[..., 0], -MAX_TORQUE, MAX_TORQUE)
     return -(th**2 + 0.1 * obs[..., 2] ** 2 + 0.001 * u**2)
-
-
-class PendulumModel:
-    """The true Pendulum-v1 dynamics as a one-function, noiseless "posterior" (params: {'g'})."""
-
-    obs_dim, act_dim = 3, 1
-    num_functions = 1
-    learns_reward = False
-    rollout_states = None  # steps `transition` (no whole-horizon rollout)
-
-    def init(self, key, obs, act):
-        return {"g": jnp.asarray(10.0, jnp.float32)}
-
-    def sample_functions(self, params, key, k):
-        return {"id": jnp.zeros((k,))}
-
-    def transition(self, params, fns, key, obs, act, sample_noise=True):
-        th = jnp.arctan2(obs[..., 1], obs[..., 0])
-        u = jnp.clip(act[..., 0], -MAX_TORQUE, MAX_TORQUE)
-        thdot = obs[..., 2] + (3.0 * params["g"] / 2.0 * jnp.sin(th) + 3.0 * u) * DT
-        thdot = jnp.clip(thdot, -MAX_SPEED, MAX_SPEED)
-        th = th + thdot * DT
-        return Transition(jnp.stack([jnp.cos(th), jnp.sin(th), thdot], -1), None)
-
-    def step(self, params, fns, key, obs, act):
-        return self.transition(params, fns, key, obs, act).next_obs
 
 
 def run_episode(mpc, params, th0, steps, seed=0):
@@ -60,8 +33,8 @@ def run_episode(mpc, params, th0, steps, seed=0):
 
 
 @pytest.fixture(scope="module")
-def pendulum_mpc():
-    model = PendulumModel()
+def pendulum_mpc(pendulum_model):
+    model = pendulum_model()
     mpc = MPC(model, CEM(population_size=100, num_elites=10, num_iterations=5),
               pendulum_reward, None, horizon=20, num_particles=1, propagation="ts_inf",
               action_low=-MAX_TORQUE, action_high=MAX_TORQUE)
@@ -109,32 +82,8 @@ def test_batched_act_matches_single_env_acts(pendulum_mpc):
 
 
 # ----------------------------------------------------------------------------- Thompson draws
-class ShiftModel:
-    """Function ``i`` of ``k`` maps ``s -> s + a + i`` plus unit aleatoric noise."""
-
-    obs_dim, act_dim = 1, 1
-    learns_reward = False
-    rollout_states = None  # steps `transition` (no whole-horizon rollout)
-
-    def __init__(self, num_functions):
-        self.num_functions = num_functions
-
-    def sample_functions(self, params, key, k):
-        if k % self.num_functions == 0:
-            idx = jnp.tile(jnp.arange(self.num_functions), k // self.num_functions)
-        else:
-            idx = jax.random.randint(key, (k,), 0, self.num_functions)
-        return {"shift": idx.astype(jnp.float32)}
-
-    def transition(self, params, fns, key, obs, act, sample_noise=True):
-        next_obs = obs + act + fns["shift"][:, None, None]
-        if sample_noise:
-            next_obs = next_obs + 0.01 * jax.random.normal(key, next_obs.shape)
-        return Transition(next_obs, None)
-
-
-def test_thompson_uses_one_function_draw_per_episode():
-    model = ShiftModel(num_functions=4)
+def test_thompson_uses_one_function_draw_per_episode(shift_model):
+    model = shift_model(num_functions=4, noise=0.01, learns_reward=False)
     mpc = MPC(model, CEM(population_size=8, num_elites=2, num_iterations=2),
               lambda s, a, s2: -jnp.abs(s2[..., 0]), None, horizon=3, num_particles=4,
               propagation="thompson", action_low=-1.0, action_high=1.0)
@@ -156,24 +105,26 @@ def test_thompson_uses_one_function_draw_per_episode():
     assert batched.functions["shift"].shape == (5, 1)
 
 
-def test_particle_count_must_split_evenly_over_functions():
+def test_particle_count_must_split_evenly_over_functions(shift_model):
+    model = shift_model(num_functions=5, noise=0.01, learns_reward=False)
     with pytest.raises(ValueError, match="not divisible"):
-        MPC(ShiftModel(num_functions=5), CEM(), lambda s, a, s2: s[..., 0], None,
+        MPC(model, CEM(), lambda s, a, s2: s[..., 0], None,
             horizon=5, num_particles=12, propagation="ts_inf", action_low=-1, action_high=1)
     with pytest.raises(ValueError, match="not divisible"):
-        MPC(ShiftModel(num_functions=5), CEM(), lambda s, a, s2: s[..., 0], None,
+        MPC(model, CEM(), lambda s, a, s2: s[..., 0], None,
             horizon=5, num_particles=12, propagation="ts1", action_low=-1, action_high=1)
     with pytest.raises(ValueError, match="does not learn the reward"):
-        MPC(ShiftModel(num_functions=5), CEM(), None, None, horizon=5, num_particles=10,
+        MPC(model, CEM(), None, None, horizon=5, num_particles=10,
             action_low=-1, action_high=1)
     # Thompson and mean propagation accept any particle count.
     for propagation in ("thompson", "mean"):
-        MPC(ShiftModel(num_functions=5), CEM(), lambda s, a, s2: s[..., 0], None, horizon=5,
+        MPC(model, CEM(), lambda s, a, s2: s[..., 0], None, horizon=5,
             num_particles=12, propagation=propagation, action_low=-1, action_high=1)
 
 
-def test_unroll_is_checked():
-    make = lambda **kw: MPC(ShiftModel(num_functions=2), CEM(), lambda s, a, s2: s[..., 0], None,
+def test_unroll_is_checked(shift_model):
+    model = shift_model(num_functions=2, noise=0.01, learns_reward=False)
+    make = lambda **kw: MPC(model, CEM(), lambda s, a, s2: s[..., 0], None,
                             horizon=5, num_particles=4, action_low=-1, action_high=1, **kw)
     assert make().unroll == 1
     assert make(unroll=True).unroll is True and make(unroll=np.int64(3)).unroll == 3

@@ -9,42 +9,6 @@ from mbrl_bayes.models.base import Transition
 from mbrl_bayes.planning import CEM, ICEM, MPPI, rollout
 
 
-class ShiftModel:
-    """Function ``i`` maps ``s -> s + a + i`` (plus N(0, noise^2) aleatoric noise when sampled).
-
-    Its learned reward is ``i``, so returns and trajectories reveal which function a particle used.
-    """
-
-    obs_dim = 1
-    act_dim = 1
-    learns_reward = True
-    rollout_states = None  # steps `transition` (no whole-horizon rollout)
-
-    def __init__(self, num_functions=3, noise=0.0):
-        self.num_functions = num_functions
-        self.noise = noise
-
-    def init(self, key, obs, act):
-        return {}
-
-    def sample_functions(self, params, key, k):
-        if k % self.num_functions == 0:
-            idx = jnp.tile(jnp.arange(self.num_functions), k // self.num_functions)
-        else:
-            idx = jax.random.randint(key, (k,), 0, self.num_functions)
-        return {"shift": idx.astype(jnp.float32)}
-
-    def transition(self, params, fns, key, obs, act, sample_noise=True):
-        shift = fns["shift"][:, None, None]
-        next_obs = obs + act + shift
-        if sample_noise and self.noise:
-            next_obs = next_obs + self.noise * jax.random.normal(key, next_obs.shape)
-        return Transition(next_obs, jnp.broadcast_to(shift[..., 0], obs.shape[:-1]))
-
-    def step(self, params, fns, key, obs, act):
-        return self.transition(params, fns, key, obs, act).next_obs
-
-
 class LinearModel:
     """Deterministic ``s' = A s + B u`` (one function)."""
 
@@ -88,8 +52,8 @@ def _increments(traj):
     return np.diff(np.asarray(traj[..., 0]), axis=-1)  # [N, P, H]
 
 
-def test_ts_inf_keeps_each_particle_on_one_function():
-    model = ShiftModel(num_functions=3)
+def test_ts_inf_keeps_each_particle_on_one_function(shift_model):
+    model = shift_model(num_functions=3)
     fns = model.sample_functions({}, None, 3)
     acts = jnp.zeros((2, 4, 1))
     out = rollout(model, {}, fns, jnp.zeros(1), acts, None, None, jax.random.PRNGKey(0),
@@ -103,8 +67,8 @@ def test_ts_inf_keeps_each_particle_on_one_function():
     np.testing.assert_allclose(out.std_return, np.full(2, 4.0 * np.std([0, 1, 2])), rtol=1e-6)
 
 
-def test_batch_of_start_states_matches_separate_rollouts():
-    model = ShiftModel(num_functions=3, noise=0.1)
+def test_batch_of_start_states_matches_separate_rollouts(shift_model):
+    model = shift_model(num_functions=3, noise=0.1)
     fns = model.sample_functions({}, None, 3)
     obs0 = jnp.array([[0.0], [5.0]])
     acts = jax.random.uniform(jax.random.PRNGKey(3), (2, 4, 3, 1))
@@ -119,8 +83,8 @@ def test_batch_of_start_states_matches_separate_rollouts():
 
 
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean"])
-def test_unrolled_horizon_gives_the_same_rollout(propagation):
-    model = ShiftModel(num_functions=3, noise=0.3)
+def test_unrolled_horizon_gives_the_same_rollout(shift_model, propagation):
+    model = shift_model(num_functions=3, noise=0.3)
     fns = model.sample_functions({}, None, 3)
     acts = jax.random.uniform(jax.random.PRNGKey(4), (5, 7, 1), minval=-1, maxval=1)
     reward = lambda s, a, s2: -s2[..., 0] ** 2 - a[..., 0] ** 2
@@ -132,8 +96,8 @@ def test_unrolled_horizon_gives_the_same_rollout(propagation):
         np.testing.assert_allclose(out.trajectory, outs[0].trajectory, rtol=1e-6)
 
 
-def test_ts1_reshuffles_particles_evenly_each_step():
-    model = ShiftModel(num_functions=3)
+def test_ts1_reshuffles_particles_evenly_each_step(shift_model):
+    model = shift_model(num_functions=3)
     fns = model.sample_functions({}, None, 3)
     acts = jnp.zeros((4, 8, 1))
     out = rollout(model, {}, fns, jnp.zeros(1), acts, None, None, jax.random.PRNGKey(1),
@@ -149,8 +113,8 @@ def test_ts1_reshuffles_particles_evenly_each_step():
     np.testing.assert_allclose(out.particle_returns, inc.sum(-1))
 
 
-def test_mean_propagation_averages_functions_without_noise():
-    model = ShiftModel(num_functions=3, noise=1.0)
+def test_mean_propagation_averages_functions_without_noise(shift_model):
+    model = shift_model(num_functions=3, noise=1.0)
     fns = model.sample_functions({}, None, 3)
     acts = jnp.full((2, 5, 1), 0.5)
     out = rollout(model, {}, fns, jnp.zeros(1), acts, lambda s, a, s2: s2[..., 0], None,
@@ -161,8 +125,8 @@ def test_mean_propagation_averages_functions_without_noise():
     np.testing.assert_allclose(out.std_return, [0.0, 0.0])
 
 
-def test_optimistic_objective_is_mean_plus_beta_std_over_functions():
-    model = ShiftModel(num_functions=3)
+def test_optimistic_objective_is_mean_plus_beta_std_over_functions(shift_model):
+    model = shift_model(num_functions=3)
     fns = model.sample_functions({}, None, 3)
     acts = jnp.zeros((1, 2, 1))
     out = rollout(model, {}, fns, jnp.zeros(1), acts, None, None, jax.random.PRNGKey(0),
@@ -184,7 +148,7 @@ def test_recurrent_models_carry_their_history_through_the_horizon(propagation):
 
 
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean"])
-def test_recurrent_rollouts_start_from_the_given_history_state(propagation):
+def test_recurrent_rollouts_start_from_the_given_history_state(shift_model, propagation):
     model = CountingModel()
     fns = model.sample_functions({}, None, 2)
     carry0 = {"count": jnp.array([[10.0], [10.0]])}  # both draws have seen 10 steps
@@ -194,7 +158,7 @@ def test_recurrent_rollouts_start_from_the_given_history_state(propagation):
     inc = _increments(out.trajectory)
     np.testing.assert_allclose(inc, np.broadcast_to([11.0, 12.0, 13.0, 14.0], inc.shape))
     with pytest.raises(ValueError, match="initial_carry is for recurrent models"):
-        rollout(ShiftModel(), {}, ShiftModel().sample_functions({}, None, 3), jnp.zeros(1),
+        rollout(shift_model(), {}, shift_model().sample_functions({}, None, 3), jnp.zeros(1),
                 jnp.zeros((3, 4, 1)), None, None, jax.random.PRNGKey(0), num_particles=3,
                 initial_carry=carry0)
     for bad in ({"count": jnp.zeros((3, 1))}, {"count": jnp.zeros((2, 5, 1))},
@@ -205,8 +169,8 @@ def test_recurrent_rollouts_start_from_the_given_history_state(propagation):
                     num_particles=4, initial_carry=bad)
 
 
-def test_terminated_particles_stop_collecting_reward():
-    model = ShiftModel(num_functions=1)
+def test_terminated_particles_stop_collecting_reward(shift_model):
+    model = shift_model(num_functions=1)
     fns = model.sample_functions({}, None, 1)
     acts = jnp.ones((1, 6, 1))
     out = rollout(model, {}, fns, jnp.zeros(1), acts, lambda s, a, s2: jnp.ones(s.shape[:-1]),
@@ -216,8 +180,8 @@ def test_terminated_particles_stop_collecting_reward():
     np.testing.assert_allclose(out.mean_return, [3.0])
 
 
-def test_nonfinite_returns_become_very_low():
-    model = ShiftModel(num_functions=1)
+def test_nonfinite_returns_become_very_low(shift_model):
+    model = shift_model(num_functions=1)
     fns = model.sample_functions({}, None, 1)
     acts = jnp.stack([jnp.zeros((2, 1)), jnp.full((2, 1), jnp.nan)])
     out = rollout(model, {}, fns, jnp.zeros(1), acts, lambda s, a, s2: s2[..., 0], None,
@@ -225,8 +189,8 @@ def test_nonfinite_returns_become_very_low():
     assert np.isfinite(out.objective).all() and out.objective[1] < -1e30
 
 
-def test_particles_not_divisible_by_functions_is_a_clear_error():
-    model = ShiftModel(num_functions=3)
+def test_particles_not_divisible_by_functions_is_a_clear_error(shift_model):
+    model = shift_model(num_functions=3)
     fns = model.sample_functions({}, None, 3)
     with pytest.raises(ValueError, match="not divisible"):
         rollout(model, {}, fns, jnp.zeros(1), jnp.zeros((2, 3, 1)), None, None,

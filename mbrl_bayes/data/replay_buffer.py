@@ -248,41 +248,76 @@ class ReplayBuffer:
         return self.take(rng.integers(0, self._size, size=batch_size))
 
     def bootstrap_indices(self, rng: np.random.Generator, num_members: int,
-                          size: int | None = None) -> np.ndarray:
+                          size: int | None = None, indices=None) -> np.ndarray:
         """Bootstrap resamples for an ensemble: int array [num_members, size].
 
-        Each row is drawn uniformly with replacement from ``range(len(buffer))``, independently
-        per member. ``size`` defaults to ``len(buffer)`` (the classic bootstrap).
-        Use ``buffer.take(indices)`` for the batches, or index ``train_indices`` from ``split``
-        (``train_indices[bootstrap_indices(...)]``) to bootstrap only the training part.
+        Each row is drawn uniformly with replacement from ``indices`` (chronological indices,
+        e.g. the training part of ``split``; default: every stored transition), independently
+        per member. ``size`` defaults to ``len(indices)`` (the classic bootstrap). Use
+        ``buffer.take(...)`` for the batches.
         """
         self._require_generator("bootstrap_indices", rng)
         num_members = self._require_positive("bootstrap_indices", "num_members", num_members)
         self._require_nonempty("bootstrap_indices")
-        size = self._size if size is None else self._require_positive(
+        pool = np.arange(self._size) if indices is None else np.asarray(indices)
+        if pool.ndim != 1 or pool.size == 0 or pool.dtype.kind not in "iu":
+            raise ValueError("ReplayBuffer.bootstrap_indices: indices must be a non-empty 1-D "
+                             "integer array.")
+        size = len(pool) if size is None else self._require_positive(
             "bootstrap_indices", "size", size)
-        return rng.integers(0, self._size, size=(num_members, size))
+        return pool[rng.integers(0, len(pool), size=(num_members, size))]
 
-    def split(self, rng: np.random.Generator,
-              holdout_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
-        """A random train/holdout partition of the stored transitions.
+    def split(self, rng: np.random.Generator, holdout_fraction: float,
+              max_holdout: int | None = None,
+              sequence_length: int | None = None) -> Tuple[np.ndarray, np.ndarray]:
+        """A random train/holdout partition of the stored transitions (or of the windows).
+
+        Args:
+            rng: the generator of the one permutation drawn.
+            holdout_fraction: in [0, 1). The holdout has ``round(holdout_fraction * n)`` of the
+                ``n`` units, at least one when ``holdout_fraction > 0`` and ``n >= 2``, at most
+                ``max_holdout``.
+            max_holdout: optional cap on the holdout size.
+            sequence_length: if given, the units are the windows of that many steps within one
+                episode, identified by their start (``sequence_starts(sequence_length)``);
+                otherwise the units are single transitions.
 
         Returns:
-            ``(train_indices, holdout_indices)``: disjoint chronological index arrays whose union
-            is ``range(len(buffer))``, each sorted. The holdout has
-            ``floor(holdout_fraction * len(buffer))`` transitions, at least one when
-            ``holdout_fraction > 0`` and ``len(buffer) >= 2``. ``holdout_fraction`` is in [0, 1).
+            ``(train_indices, holdout_indices)``: disjoint chronological (start) index arrays
+            whose union is every unit, each sorted.
+
+        Raises:
+            ValueError: when the buffer is empty or no stored episode has ``sequence_length``
+                steps.
         """
         self._require_generator("split", rng)
         if not 0.0 <= holdout_fraction < 1.0:
             raise ValueError(f"ReplayBuffer.split: holdout_fraction must be in [0, 1), got "
                              f"{holdout_fraction!r}.")
         self._require_nonempty("split")
-        num_holdout = int(holdout_fraction * self._size)
-        if holdout_fraction > 0 and self._size >= 2:
-            num_holdout = max(num_holdout, 1)
-        permutation = rng.permutation(self._size)
+        if sequence_length is None:
+            units = np.arange(self._size)
+        else:
+            length = self._require_positive("split", "sequence_length", sequence_length)
+            units = self._sequence_starts(length)
+            if units.size == 0:
+                raise ValueError(f"ReplayBuffer.split: no stored episode has {length} contiguous "
+                                 f"steps (longest has {self.episode_lengths().max()}).")
+        n = len(units)
+        num_holdout = 0
+        if holdout_fraction > 0 and n >= 2:
+            num_holdout = max(1, int(round(holdout_fraction * n)))
+            if max_holdout is not None:
+                num_holdout = min(num_holdout, int(max_holdout))
+        permutation = units[rng.permutation(n)]
         return np.sort(permutation[num_holdout:]), np.sort(permutation[:num_holdout])
+
+    @staticmethod
+    def window_indices(starts, length: int) -> np.ndarray:
+        """Chronological indices [*S, length] of the windows of ``length`` steps that begin at
+        ``starts`` (any integer array shape ``S``); ``take`` them for the windows' batch."""
+        starts = np.asarray(starts)
+        return starts[..., None] + np.arange(length)
 
     # ------------------------------------------------------------------ episodes
 
@@ -363,7 +398,7 @@ class ReplayBuffer:
             raise ValueError(f"ReplayBuffer.sample_sequences: no stored episode has {length} "
                              f"contiguous steps (longest has {self.episode_lengths().max()}).")
         chosen = starts[rng.integers(0, starts.size, size=batch_size)]
-        return self.take(chosen[:, None] + np.arange(length)[None, :])
+        return self.take(self.window_indices(chosen, length))
 
     # ------------------------------------------------------------------ persistence
 

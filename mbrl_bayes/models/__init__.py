@@ -4,6 +4,7 @@ from mbrl_bayes.models.base import DynamicsModel, Transition
 from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.likelihood import gaussian_nll
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.recurrent import VariationalLSTM
 from mbrl_bayes.models.training import train
@@ -18,5 +19,6 @@ __all__ = [
     "Transition",
     "VariationalLSTM",
     "VariationalMLP",
+    "gaussian_nll",
     "train",
 ]

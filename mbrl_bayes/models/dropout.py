@@ -71,12 +71,14 @@ class MCDropoutMLP(GaussianDynamics):
         return self.sample_functions(params, key, self.num_eval_draws)
 
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Mean Gaussian NLL (or MSE) with independent dropout masks per row, plus the
-        log-variance bound penalty. ``batch`` arrays are [B, ...]."""
+        """The PETS objective of one member (``GaussianDynamics._pets_objective``) with
+        independent dropout masks per row. ``batch`` arrays are [B, ...]. Metrics ``nll`` (nats
+        per transition) and ``mse``, in standardized target units."""
         obs, act, target = self.standardized_targets(params, batch)
         fns = {"masks": self._masks(key, 1, obs.shape[0])}
         mean, logvar = self._standardized_prediction(
             params, fns, key, obs[None], act[None]
         )
-        nll, mse = self.gaussian_nll(params, mean, logvar, target[None])
-        return nll.sum() + self.logvar_penalty(params), {"nll": nll.mean(), "mse": mse.mean()}
+        loss = self._pets_objective(params, self._training_nll(mean, logvar, target).mean(-1))
+        nll = self._predictive_nll(mean, logvar, target).mean()
+        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean()}

@@ -156,11 +156,13 @@ class ProbabilisticEnsemble(GaussianDynamics):
         return {"layers": params["net"], "member": members}
 
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Sum over members of each member's mean Gaussian NLL (or MSE when deterministic) on its
-        own rows, plus the log-variance bound penalty.
+        """The PETS objective (``GaussianDynamics._pets_objective``): each member's mean NLL on
+        its own rows (unit variance when deterministic), summed over members, scaled by
+        ``2 / target_dim``, plus the log-variance bound penalty.
 
         ``batch`` arrays are [E, B, ...] (one bootstrap batch per member) or [B, ...] (shared).
-        Metrics (``nll``, ``mse``) are averaged over members, in standardized target units.
+        Metrics ``nll`` (of the predictive Gaussian, nats per transition) and ``mse`` are means
+        over members, in standardized target units; ``member_mse`` is [E].
         """
         obs, act, target = self.standardized_targets(params, batch)
         if obs.ndim == 2:
@@ -170,9 +172,10 @@ class ProbabilisticEnsemble(GaussianDynamics):
         mean, logvar = self._standardized_prediction(
             params, self.all_members(params), key, obs, act
         )
-        nll, mse = self.gaussian_nll(params, mean, logvar, target)
-        loss = nll.sum() + self.logvar_penalty(params)
-        return loss, {"nll": nll.mean(), "mse": mse.mean(), "member_mse": mse}
+        loss = self._pets_objective(params, self._training_nll(mean, logvar, target).mean(-1))
+        mse = jnp.square(mean - target).mean(axis=(-2, -1))
+        nll = self._predictive_nll(mean, logvar, target).mean()
+        return loss, {"nll": nll, "mse": mse.mean(), "member_mse": mse}
 
     def eval_functions(self, params: Params, key: jax.Array) -> Functions:
         return self.all_members(params)

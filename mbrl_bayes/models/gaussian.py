@@ -29,6 +29,7 @@ import numpy as np
 
 from mbrl_bayes import sampling
 from mbrl_bayes.models.base import Batch, Functions, Params, RolloutStates, Transition
+from mbrl_bayes.models.likelihood import gaussian_nll
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.transition_math import (
     bounded_variance,
@@ -133,6 +134,7 @@ class GaussianDynamics(abc.ABC):
     num_functions: Optional[int] = None
     # No whole-horizon rollout: the planner steps ``transition`` (see ``DynamicsModel``).
     rollout_states: Optional[RolloutStates] = None
+    num_members: int = 1  # members trained jointly, each on its own bootstrap (``train``)
 
     @abc.abstractmethod
     def _init_net(self, key: jax.Array, x: jax.Array) -> Any:
@@ -161,23 +163,33 @@ class GaussianDynamics(abc.ABC):
 
         Returns ``score`` [num_members] (MSE of each member for ensembles, of the mean over draws
         otherwise: lower is better; drives early stopping and elite selection), ``nll_score``
-        [num_members] (the Gaussian NLL of each member, or the mean over draws: the score of
-        ``train(..., early_stopping='nll')``), ``mse`` and ``nll`` (scalars: mean over draws of
-        the per-draw Gaussian NLL up to a constant).
+        [num_members] (the NLL of each member, or the mean over draws of each draw's NLL: the
+        score of ``train(..., early_stopping='nll')``), ``mse`` and ``nll`` (scalars: means over
+        draws). NLLs follow :mod:`~mbrl_bayes.models.likelihood` (nats per transition; see
+        :meth:`_predictive_nll` for deterministic heads).
         """
+        mean, logvar, target = self._holdout_prediction(params, key, batch)
+        mse = jnp.square(mean - target).mean(axis=(-2, -1))  # [k]
+        nll = self._predictive_nll(mean, logvar, target).mean(-1)  # [k]
+        if self.num_members > 1:
+            score, nll_score = mse, nll
+        else:
+            score = jnp.square(mean.mean(0) - target).mean()[None]
+            nll_score = nll.mean()[None]
+        return {"score": score, "nll_score": nll_score, "mse": mse.mean(), "nll": nll.mean()}
+
+    def _holdout_prediction(
+        self, params: Params, key: jax.Array, batch: Batch
+    ) -> Tuple[jax.Array, Optional[jax.Array], jax.Array]:
+        """What ``evaluate`` scores: the ``eval_functions`` draws' standardized means and
+        log-variances (None if deterministic) [k, n, t] and the standardized targets [n, t]."""
         fn_key, net_key = jax.random.split(key)
         fns = self.eval_functions(params, fn_key)
         k = jax.tree_util.tree_leaves(fns)[0].shape[0]
         obs, act, target = self.standardized_targets(params, batch)
         obs, act = (jnp.broadcast_to(a, (k,) + a.shape) for a in (obs, act))
         mean, logvar = self._standardized_prediction(params, fns, net_key, obs, act)
-        nll, mse = self.gaussian_nll(params, mean, logvar, target)
-        if getattr(self, "num_members", 1) > 1:
-            score, nll_score = mse, nll
-        else:
-            score = jnp.square(mean.mean(0) - target).mean()[None]
-            nll_score = nll.mean()[None]
-        return {"score": score, "nll_score": nll_score, "mse": mse.mean(), "nll": nll.mean()}
+        return mean, logvar, target
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -269,17 +281,43 @@ class GaussianDynamics(abc.ABC):
             return mean, None
         return mean, self._bounded_logvar(params, raw_logvar)
 
-    def gaussian_nll(
-        self, params: Params, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array
-    ) -> Tuple[jax.Array, jax.Array]:
-        """Per-draw loss [k] (Gaussian NLL up to a constant, or MSE) and per-draw MSE [k], both
-        averaged over rows and dimensions, in standardized target units."""
-        sq_err = jnp.square(mean - target)
-        mse = sq_err.mean(axis=(-2, -1))
+    def _training_nll(
+        self, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array
+    ) -> jax.Array:
+        """Per-point NLL [...] that training minimizes (:func:`gaussian_nll`, standardized
+        units). A deterministic head (``logvar`` None) trains on a unit variance: half the
+        squared error summed over dimensions, plus a constant (the MSE objective)."""
+        return gaussian_nll(mean, 0.0 if logvar is None else logvar, target)
+
+    def _predictive_nll(
+        self, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array
+    ) -> jax.Array:
+        """Per-point NLL [...] that the model reports: that of its predictive Gaussian, so a
+        deterministic head is scored with the variance ``DETERMINISTIC_STD**2`` that
+        ``predict`` gives it (finite, but rightly poor), not with its training variance."""
         if logvar is None:
-            return mse, mse
-        nll = (sq_err * jnp.exp(-logvar) + logvar).mean(axis=(-2, -1))
-        return nll, mse
+            logvar = jnp.asarray(2.0 * np.log(DETERMINISTIC_STD), mean.dtype)
+        return gaussian_nll(mean, logvar, target)
+
+    def _pets_objective(self, params: Params, nll: jax.Array) -> jax.Array:
+        """The PETS / mbrl-lib ensemble objective from each member's mean per-point NLL ``nll``
+        [E]: ``(2 / t) * sum(nll) + logvar_penalty(params)``.
+
+        Up to the constant ``E * log(2 pi)`` this is mbrl-lib's loss, the sum over members of
+        the mean over rows and dimensions of ``sq_err * exp(-logvar) + logvar`` (of ``sq_err``
+        for a deterministic head); the factor ``2 / t`` keeps the log-variance bound penalty
+        and the gradient clipping of ``train`` at the scale they were tuned for.
+        """
+        return (2.0 / self.target_dim) * nll.sum() + self.logvar_penalty(params)
+
+    def _elbo_objective(
+        self, params: Params, nll: jax.Array, kl: jax.Array, kl_weight: float
+    ) -> jax.Array:
+        """The negative ELBO per data point of a weight posterior: the mean per-point NLL
+        ``nll`` + ``kl_weight * kl / N`` (``N`` = ``params['stats']['num_data']``, the training
+        set's size), plus the log-variance bound penalty."""
+        num_data = jnp.maximum(params["stats"]["num_data"], 1).astype(jnp.float32)
+        return nll + kl_weight * kl / num_data + self.logvar_penalty(params)
 
     def logvar_penalty(self, params: Params) -> jax.Array:
         if not self.probabilistic:

@@ -22,11 +22,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params, Transition
-from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.gaussian import DETERMINISTIC_STD, GaussianDynamics
 from mbrl_bayes.models.variational import ESTIMATORS, bayesian_mlp
 
 CELLS = {
@@ -169,36 +168,33 @@ class VariationalLSTM(GaussianDynamics):
         return mean, self._bounded_logvar(params, raw), target, kl
 
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Negative ELBO per transition on windows ``batch`` ([B, L, ...] arrays): Gaussian NLL
-        summed over dimensions and averaged over steps, + ``kl_weight * KL / N``."""
+        """Negative ELBO per transition on windows ``batch`` ([B, L, ...] arrays): the mean
+        per-step NLL (unit variance when deterministic) + ``kl_weight * KL / N``, plus the
+        log-variance bound penalty. Metrics ``nll`` (nats per transition), ``mse``, ``kl``."""
         if batch["obs"].ndim != 3:
             raise ValueError(f"VariationalLSTM.loss expects [B, L, d] windows, got "
                              f"{batch['obs'].shape}.")
         mean, logvar, target, kl = self._sequence_prediction(
             self._train_net.apply, params, key, batch)
-        sq_err = jnp.square(mean - target)
-        if logvar is None:
-            nll = 0.5 * sq_err.sum(-1).mean()
-        else:
-            nll = 0.5 * (sq_err * jnp.exp(-logvar) + logvar).sum(-1).mean()
-        num_data = jnp.maximum(params["stats"]["num_data"], 1).astype(jnp.float32)
-        loss = nll + self.kl_weight * kl / num_data + self.logvar_penalty(params)
-        return loss, {"nll": nll, "mse": sq_err.mean(), "kl": kl}
+        loss = self._elbo_objective(
+            params, self._training_nll(mean, logvar, target).mean(), kl, self.kl_weight)
+        nll = self._predictive_nll(mean, logvar, target).mean()
+        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": kl}
 
-    def evaluate(self, params: Params, key: jax.Array, batch: Batch) -> dict:
-        """Holdout metrics on windows [B, L, ...]: ``score`` [1] (MSE of the mean over draws),
-        ``nll_score`` [1], ``mse`` and ``nll`` (means over draws), standardized units."""
+    def _holdout_prediction(
+        self, params: Params, key: jax.Array, batch: Batch
+    ) -> Tuple[jax.Array, Optional[jax.Array], jax.Array]:
+        """``num_eval_draws`` weight draws on windows ``batch`` [B, L, ...]: standardized means
+        and log-variances [k, B * L, t] and targets [B * L, t] (``evaluate`` scores them)."""
         keys = jax.random.split(key, self.num_eval_draws)
         mean, logvar, target, _ = jax.vmap(
             lambda k: self._sequence_prediction(self._function_net.apply, params, k, batch)
         )(keys)
-        nll, mse = self.gaussian_nll(params, mean.reshape(len(keys), -1, mean.shape[-1]),
-                                     None if logvar is None else
-                                     logvar.reshape(len(keys), -1, logvar.shape[-1]),
-                                     target[0].reshape(-1, target.shape[-1]))
-        score = jnp.square(mean.mean(0) - target[0]).mean()[None]
-        return {"score": score, "nll_score": nll.mean()[None], "mse": mse.mean(),
-                "nll": nll.mean()}
+
+        def flat(x):  # [k, B, L, t] -> [k, B * L, t]
+            return None if x is None else x.reshape(x.shape[0], -1, x.shape[-1])
+
+        return flat(mean), flat(logvar), flat(target)[0]
 
     def predict_sequence_moments(
         self, params: Params, key: jax.Array, obs: jax.Array, act: jax.Array,
@@ -214,17 +210,8 @@ class VariationalLSTM(GaussianDynamics):
             lambda k: self._sequence_prediction(self._function_net.apply, params, k, batch)
         )(keys)
         stats = params["stats"]["target"]
-        var = jnp.full_like(mean, 1e-6) if logvar is None else jnp.exp(logvar)
+        var = jnp.full_like(mean, DETERMINISTIC_STD**2) if logvar is None else jnp.exp(logvar)
         mean = stats.denormalize(mean)[..., : self.obs_dim] + obs
         var = (var * jnp.square(stats.std))[..., : self.obs_dim]
         return mean, var
 
-
-def sequence_windows(buffer: Any, length: int) -> np.ndarray:
-    """Valid window starts of ``length`` steps in ``buffer`` (a ``ReplayBuffer``)."""
-    if not hasattr(buffer, "sequence_starts"):
-        raise TypeError("Sequence models train on a ReplayBuffer (it knows episode boundaries).")
-    starts = buffer.sequence_starts(length)
-    if starts.size == 0:
-        raise ValueError(f"No stored episode has {length} contiguous steps to train on.")
-    return starts

@@ -11,41 +11,38 @@ import numpy as np
 import optax
 
 from mbrl_bayes.compile import jit
+from mbrl_bayes.data import ReplayBuffer
 from mbrl_bayes.models.base import Params
-from mbrl_bayes.models.gaussian import check_finite
-from mbrl_bayes.models.recurrent import sequence_windows
 
 _FIELDS = ("obs", "act", "next_obs", "reward")
 
 
-def buffer_arrays(buffer: Any) -> Dict[str, np.ndarray]:
-    """The transitions of ``buffer`` (a ``ReplayBuffer`` or a mapping of arrays) as numpy arrays."""
-    if isinstance(buffer, Mapping):
-        data = buffer
-    elif hasattr(buffer, "as_dict"):
-        data = buffer.as_dict()
-    elif hasattr(buffer, "get_all"):
-        data = buffer.get_all()
+def as_replay_buffer(data: Any) -> ReplayBuffer:
+    """``data`` as a ``ReplayBuffer``: a buffer as it is, or a mapping of arrays (``obs`` [n, d],
+    ``act`` [n, a], ``next_obs`` [n, d], optional ``reward`` [n]) stored in a new one."""
+    if isinstance(data, ReplayBuffer):
+        buffer = data
+    elif isinstance(data, Mapping):
+        missing = [f for f in ("obs", "act", "next_obs") if f not in data]
+        if missing:
+            raise ValueError(f"Training data lacks the fields {missing}.")
+        obs, act = np.asarray(data["obs"]), np.asarray(data["act"])
+        if obs.ndim != 2 or act.ndim != 2:
+            raise ValueError(f"Training data: obs and act must be [n, d] and [n, a] arrays, got "
+                             f"{obs.shape} and {act.shape}.")
+        n = len(obs)
+        buffer = ReplayBuffer(max(n, 1), obs.shape[1], act.shape[1])
+        if n:
+            no_flags = np.zeros(n, bool)
+            buffer.add(obs, act, data["next_obs"], data.get("reward", np.zeros(n, np.float32)),
+                       no_flags, no_flags)
     else:
         raise TypeError(
-            f"Expected a ReplayBuffer or a dict of arrays, got {type(buffer).__name__}."
+            f"Expected a ReplayBuffer or a dict of arrays, got {type(data).__name__}."
         )
-    missing = [f for f in ("obs", "act", "next_obs") if f not in data]
-    if missing:
-        raise ValueError(f"Training data lacks the fields {missing}.")
-    arrays = {f: np.asarray(data[f], np.float32) for f in _FIELDS if f in data}
-    n = len(arrays["obs"])
-    if n == 0:
+    if len(buffer) == 0:
         raise ValueError("Cannot train on an empty buffer: collect some transitions first.")
-    for name, x in arrays.items():
-        if len(x) != n:
-            raise ValueError(f"Field {name!r} has {len(x)} rows but obs has {n}.")
-        check_finite(f"Training data field {name!r}", x)
-    return arrays
-
-
-def _take(data: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
-    return {k: v[idx] for k, v in data.items()}
+    return buffer
 
 
 def _split_params(params: Params) -> Tuple[Params, Params]:
@@ -82,7 +79,7 @@ class _Steps:
             )
             updates, opt_state = optimizer.update(grads, opt_state, trainable)
             trainable = optax.apply_updates(trainable, updates)
-            return trainable, opt_state, {"loss": loss, "mse": aux["mse"]}
+            return trainable, opt_state, {"loss": loss, "nll": aux["nll"], "mse": aux["mse"]}
 
         def evaluate(params, key, batch):
             return model.evaluate(params, key, batch)
@@ -127,138 +124,213 @@ def train(
 ) -> Tuple[Params, Dict[str, List[float]]]:
     """Trains ``model`` on the transitions in ``buffer``; returns ``(params, history)``.
 
-    A random ``holdout_fraction`` of the data (at most ``max_holdout`` rows, at least one) is
-    held out (sequence models, with a ``sequence_length``, hold out and train on windows of
-    that many steps within one episode; they need a ``ReplayBuffer``). Ensembles
-    (``model.num_members > 1``) train each member on its own bootstrap resample of the rest
-    (``bootstrap=True``), all members in one jitted update step on a
-    [members, batch_size, ...] batch. Training stops after ``max_epochs`` or when the holdout
-    score has not improved by a relative ``improvement_threshold`` for ``patience`` epochs; each
-    member keeps its weights from its best holdout epoch. Ensembles then keep their
-    ``num_elites`` best members for planning. The holdout score is each member's MSE
-    (``early_stopping='mse'``, as in PETS/mbrl-lib) or its Gaussian NLL (``'nll'``): with little
-    data a probabilistic head keeps lowering the MSE long after its variances have become
-    overconfident (on 1000 HalfCheetah transitions the holdout NLL is lowest near epoch 35 and
-    11 nats worse by epoch 200, while the MSE still falls), and the NLL score stops there.
+    ``buffer`` is a ``ReplayBuffer`` or, except for sequence models, a dict of arrays (see
+    :func:`as_replay_buffer`); the data go through the buffer's sampling. ``split`` holds out
+    a random ``holdout_fraction`` (at most ``max_holdout`` units, at least one), where a unit
+    is a transition or, for sequence models (with a ``sequence_length``), a window of that
+    many steps within one episode; ``bootstrap_indices`` gives each ensemble member
+    (``model.num_members > 1``) its own resample of the training units (``bootstrap=True``),
+    and all members train in one jitted update step on a [members, batch_size, ...] batch.
+    Training stops after ``max_epochs`` or when the holdout score has not improved by a
+    relative ``improvement_threshold`` for ``patience`` epochs; each member keeps its weights
+    from its best holdout epoch. Ensembles then keep their ``num_elites`` best members for
+    planning.
+    The holdout score is each member's MSE (``early_stopping='mse'``, as in PETS/mbrl-lib) or
+    its NLL (``'nll'``): with little data a probabilistic head keeps lowering the MSE long
+    after its variances have become overconfident (on 1000 HalfCheetah transitions the holdout
+    NLL is lowest near epoch 35, 14 nats per transition, and 109 by epoch 200, while the MSE
+    still falls), and the NLL score stops there.
 
-    ``history`` maps ``epoch``, ``train_loss``, ``train_mse``, ``holdout_mse``, ``holdout_nll``,
-    ``holdout_score`` and ``seconds`` to per-epoch lists (standardized target units), plus
-    one-element lists ``best_epoch``, ``num_train``/``num_holdout`` and
-    ``final_holdout_mse``/``final_holdout_nll`` (the returned params on the holdout).
+    ``history`` maps ``epoch``, ``train_loss`` (the model's objective), ``train_nll``,
+    ``train_mse``, ``holdout_mse``, ``holdout_nll``, ``holdout_score`` and ``seconds`` to
+    per-epoch lists, plus one-element lists ``best_epoch``, ``num_train``/``num_holdout``
+    (units) and ``final_holdout_mse``/``final_holdout_nll`` (the returned params on the
+    holdout). MSEs and NLLs are in standardized target units; NLLs in nats per transition
+    (:mod:`~mbrl_bayes.models.likelihood`), comparable across model families.
     """
-    if batch_size <= 0 or max_epochs <= 0 or patience <= 0:
-        raise ValueError("batch_size, max_epochs and patience must be positive.")
-    if early_stopping not in EARLY_STOPPING_SCORES:
-        raise ValueError(f"early_stopping must be 'mse' or 'nll', got {early_stopping!r}.")
-    score_name = EARLY_STOPPING_SCORES[early_stopping]
-    if not 0.0 <= holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
-    data = buffer_arrays(buffer)
+    score_name = _check_train_args(batch_size, max_epochs, patience, holdout_fraction,
+                                   early_stopping)
+    window = getattr(model, "sequence_length", None) or None
+    buffer = _training_buffer(model, buffer, window)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
-    window = getattr(model, "sequence_length", None)
-    if window:  # sequence models: the units are windows of `window` steps within an episode
-        units = sequence_windows(buffer, window)
-        offsets = np.arange(window)
-    else:
-        units = np.arange(len(data["obs"]))
-    n = len(units)
-    perm = units[rng.permutation(n)]
-    num_holdout = min(max_holdout, max(1, int(round(holdout_fraction * n)))) if n > 1 else 0
-    if holdout_fraction == 0.0:
-        num_holdout = 0
-    holdout_idx, train_idx = perm[:num_holdout], perm[num_holdout:]
-    if window:
-        if refit_stats:
-            params = model.fit_stats(params, data)
-        train_idx = np.sort(train_idx)
-        holdout_data = _take(data, (holdout_idx if num_holdout else train_idx)[:, None] + offsets)
-        train_data = data  # minibatches gather windows [B, window] from it
-    else:
-        train_data = _take(data, train_idx)
-        holdout_data = _take(data, holdout_idx) if num_holdout else train_data
-        if refit_stats:
-            params = model.fit_stats(params, train_data)
-        train_idx = np.arange(len(train_idx))  # positions in train_data
+    train_idx, holdout_idx = buffer.split(rng, holdout_fraction, max_holdout, window)
+    data = {f: np.asarray(x, np.float32) for f, x in buffer.as_dict().items() if f in _FIELDS}
+    rows = _Rows(window)
+    if refit_stats:
+        params = _fit_stats(model, params, data, train_idx, rows)
     num_members = int(getattr(model, "num_members", 1))
-    n_train = len(train_idx)
-    if num_members > 1 and bootstrap:
-        member_idx = train_idx[rng.integers(0, n_train, size=(num_members, n_train))]
-    else:
-        member_idx = np.tile(train_idx, (num_members, 1))
-    batch = min(batch_size, n_train)
-    num_batches = max(1, n_train // batch)
+    member_idx = _member_indices(buffer, rng, num_members, train_idx, bootstrap)
+    batch = min(batch_size, len(train_idx))
 
     steps = _Steps.get(model, (learning_rate, weight_decay, max_grad_norm))
     trainable, stats = _split_params(params)
     # The update step donates its inputs; copy, so that the caller's params stay usable.
     trainable = jax.tree_util.tree_map(jnp.copy, trainable)
     opt_state = steps.optimizer.init(trainable)
-    holdout_jax = jax.tree_util.tree_map(jnp.asarray, holdout_data)
-    train_jax = jax.tree_util.tree_map(jnp.asarray, train_data)
+    data_jax = jax.tree_util.tree_map(jnp.asarray, data)
+    holdout_jax = _take(data_jax, rows(holdout_idx if len(holdout_idx) else train_idx))
+
+    def evaluate(trainable: Params, key: jax.Array) -> dict:
+        return steps.evaluate({**trainable, "stats": stats}, key, holdout_jax)
 
     key, eval_key = jax.random.split(key)
-    best = steps.evaluate({**trainable, "stats": stats}, eval_key, holdout_jax)[score_name]
-    best = np.asarray(best)
-    best_trainable = jax.tree_util.tree_map(jnp.copy, trainable)
-    history: Dict[str, List[float]] = {
-        k: [] for k in ("epoch", "train_loss", "train_mse", "holdout_mse", "holdout_nll",
-                        "holdout_score", "seconds")
-    }
-    best_epoch, epochs_since_improvement = 0, 0
+    stopper = _EarlyStopping(np.asarray(evaluate(trainable, eval_key)[score_name]), trainable,
+                             num_members, improvement_threshold)
+    history: Dict[str, List[float]] = {k: [] for k in _EPOCH_COLUMNS}
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        order = rng.permuted(member_idx, axis=1)[:, : num_batches * batch]
-        order = order.reshape(order.shape[0], num_batches, batch).swapaxes(0, 1)
-        losses, mses = [], []
-        for b in range(num_batches):
-            idx = order[b] if num_members > 1 else order[b, 0]
-            if window:
-                idx = idx[..., None] + offsets
-            minibatch = {name: x[idx] for name, x in train_jax.items()}
-            key, step_key = jax.random.split(key)
-            trainable, opt_state, metrics = steps.update(
-                trainable, opt_state, stats, step_key, minibatch
-            )
-            losses.append(metrics["loss"])
-            mses.append(metrics["mse"])
+        trainable, opt_state, key, train_metrics = _run_epoch(
+            steps, trainable, opt_state, stats, key, data_jax, rows,
+            _epoch_batches(rng, member_idx, batch))
         key, eval_key = jax.random.split(key)
-        holdout = steps.evaluate({**trainable, "stats": stats}, eval_key, holdout_jax)
+        holdout = evaluate(trainable, eval_key)
         score = np.asarray(holdout[score_name])
         if not np.all(np.isfinite(score)):
             raise FloatingPointError(
                 f"Holdout loss became non-finite at epoch {epoch}; lower the learning rate."
             )
-        improved = (best - score) / np.maximum(np.abs(best), 1e-12) > improvement_threshold
-        if improved.any():
-            best_trainable = _keep_improved(best_trainable, trainable, improved, num_members)
-            best = np.where(improved, score, best)
-            best_epoch, epochs_since_improvement = epoch, 0
-        else:
-            epochs_since_improvement += 1
-        history["epoch"].append(epoch)
-        history["train_loss"].append(float(np.mean(jax.device_get(losses))))
-        history["train_mse"].append(float(np.mean(jax.device_get(mses))))
-        history["holdout_mse"].append(float(holdout["mse"]))
-        history["holdout_nll"].append(float(holdout["nll"]))
-        history["holdout_score"].append(float(score.mean()))
-        history["seconds"].append(time.perf_counter() - start)
+        stopper.update(epoch, score, trainable)
+        _record(history, epoch, train_metrics, holdout, score, time.perf_counter() - start)
         if callback is not None:
             callback({k: v[-1] for k, v in history.items()})
-        if epochs_since_improvement >= patience:
+        if stopper.epochs_since_improvement >= patience:
             break
 
-    params = {**best_trainable, "stats": stats}
+    params = {**stopper.best_trainable, "stats": stats}
     # The returned params mix each member's best epoch, so evaluate them as returned.
     key, eval_key = jax.random.split(key)
-    final = steps.evaluate(params, eval_key, holdout_jax)
+    final = evaluate(stopper.best_trainable, eval_key)
     history["final_holdout_mse"] = [float(final["mse"])]
     history["final_holdout_nll"] = [float(final["nll"])]
     if hasattr(model, "with_elites"):
-        params = model.with_elites(params, jnp.asarray(best))
-    history["best_epoch"] = [best_epoch]
-    history["num_train"] = [n_train]
-    history["num_holdout"] = [num_holdout]
+        params = model.with_elites(params, jnp.asarray(stopper.best))
+    history["best_epoch"] = [stopper.best_epoch]
+    history["num_train"] = [len(train_idx)]
+    history["num_holdout"] = [len(holdout_idx)]
     return params, history
+
+
+_EPOCH_COLUMNS = ("epoch", "train_loss", "train_nll", "train_mse", "holdout_mse", "holdout_nll",
+                  "holdout_score", "seconds")
+
+
+def _check_train_args(batch_size: int, max_epochs: int, patience: int, holdout_fraction: float,
+                      early_stopping: str) -> str:
+    """One-line ValueErrors for unusable settings; returns the ``evaluate`` entry to stop on."""
+    if batch_size <= 0 or max_epochs <= 0 or patience <= 0:
+        raise ValueError("batch_size, max_epochs and patience must be positive.")
+    if early_stopping not in EARLY_STOPPING_SCORES:
+        raise ValueError(f"early_stopping must be 'mse' or 'nll', got {early_stopping!r}.")
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
+    return EARLY_STOPPING_SCORES[early_stopping]
+
+
+def _training_buffer(model: Any, data: Any, window: Optional[int]) -> ReplayBuffer:
+    """The ``ReplayBuffer`` that ``train`` reads (see :func:`as_replay_buffer`)."""
+    if window and not isinstance(data, ReplayBuffer):
+        raise TypeError("Sequence models train on a ReplayBuffer (it knows episode boundaries).")
+    if getattr(model, "learns_reward", False) and isinstance(data, Mapping) \
+            and "reward" not in data:
+        raise ValueError("Training data lacks the field 'reward' that the model learns.")
+    return as_replay_buffer(data)
+
+
+class _Rows:
+    """Unit indices -> row indices: a transition is its own row; a window of ``length`` steps
+    starting at ``t`` is rows ``t .. t + length - 1`` (``ReplayBuffer.window_indices``)."""
+
+    def __init__(self, length: Optional[int]):
+        self.length = length
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        return idx if self.length is None else ReplayBuffer.window_indices(idx, self.length)
+
+
+def _take(data: Dict[str, Any], idx: np.ndarray) -> Dict[str, Any]:
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _fit_stats(model: Any, params: Params, data: Dict[str, np.ndarray], train_idx: np.ndarray,
+               rows: _Rows) -> Params:
+    """Refits the model's standardization on the training transitions (sequence models: on
+    every stored transition, since their training windows overlap the holdout's)."""
+    fit_data = data if rows.length is not None else _take(data, train_idx)
+    return model.fit_stats(params, fit_data)
+
+
+def _member_indices(buffer: ReplayBuffer, rng: np.random.Generator, num_members: int,
+                    train_idx: np.ndarray, bootstrap: bool) -> np.ndarray:
+    """Each member's training units [num_members, n_train]: a bootstrap resample of
+    ``train_idx`` per member for ensembles (with ``bootstrap``), else ``train_idx`` itself."""
+    if num_members > 1 and bootstrap:
+        return buffer.bootstrap_indices(rng, num_members, indices=train_idx)
+    return np.tile(train_idx, (num_members, 1))
+
+
+def _epoch_batches(rng: np.random.Generator, member_idx: np.ndarray, batch: int) -> np.ndarray:
+    """One epoch's minibatches of units [num_batches, num_members, batch]: each member's units
+    reshuffled, the remainder that does not fill a batch dropped."""
+    num_batches = max(1, member_idx.shape[1] // batch)
+    order = rng.permuted(member_idx, axis=1)[:, : num_batches * batch]
+    return order.reshape(order.shape[0], num_batches, batch).swapaxes(0, 1)
+
+
+def _run_epoch(steps: _Steps, trainable: Params, opt_state: Any, stats: Params, key: jax.Array,
+               data: Dict[str, jax.Array], rows: _Rows, batches: np.ndarray):
+    """One update step per minibatch (ensembles: [members, batch, ...] batches; other models:
+    [batch, ...]), each with its own key split off ``key``; returns the new ``trainable``,
+    ``opt_state``, ``key`` and the epoch's mean loss, NLL and MSE."""
+    per_member = batches.shape[1] > 1
+    metrics = []
+    for idx in batches:
+        key, step_key = jax.random.split(key)
+        minibatch = _take(data, rows(idx if per_member else idx[0]))
+        trainable, opt_state, step_metrics = steps.update(
+            trainable, opt_state, stats, step_key, minibatch
+        )
+        metrics.append(step_metrics)
+    means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(metrics)).items()}
+    return trainable, opt_state, key, means
+
+
+def _stack(metrics: List[Dict[str, jax.Array]]) -> Dict[str, jax.Array]:
+    return {k: jnp.stack([m[k] for m in metrics]) for k in metrics[0]}
+
+
+class _EarlyStopping:
+    """The best holdout score of each member, the weights that reached it, and the patience
+    count (relative improvements above ``threshold`` count)."""
+
+    def __init__(self, score: np.ndarray, trainable: Params, num_members: int, threshold: float):
+        self.best = score
+        self.best_trainable = jax.tree_util.tree_map(jnp.copy, trainable)
+        self.num_members = num_members
+        self.threshold = threshold
+        self.best_epoch = 0
+        self.epochs_since_improvement = 0
+
+    def update(self, epoch: int, score: np.ndarray, trainable: Params) -> None:
+        improved = (self.best - score) / np.maximum(np.abs(self.best), 1e-12) > self.threshold
+        if improved.any():
+            self.best_trainable = _keep_improved(self.best_trainable, trainable, improved,
+                                                 self.num_members)
+            self.best = np.where(improved, score, self.best)
+            self.best_epoch, self.epochs_since_improvement = epoch, 0
+        else:
+            self.epochs_since_improvement += 1
+
+
+def _record(history: Dict[str, List[float]], epoch: int, train_metrics: Dict[str, float],
+            holdout: dict, score: np.ndarray, seconds: float) -> None:
+    history["epoch"].append(epoch)
+    history["train_loss"].append(train_metrics["loss"])
+    history["train_nll"].append(train_metrics["nll"])
+    history["train_mse"].append(train_metrics["mse"])
+    history["holdout_mse"].append(float(holdout["mse"]))
+    history["holdout_nll"].append(float(holdout["nll"]))
+    history["holdout_score"].append(float(score.mean()))
+    history["seconds"].append(seconds)
 
 
 def _keep_improved(best: Params, new: Params, improved: np.ndarray, num_members: int) -> Params:

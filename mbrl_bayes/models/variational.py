@@ -104,18 +104,17 @@ class VariationalMLP(GaussianDynamics):
         return self._train_net.apply(params["net"], jax.random.PRNGKey(0), x)[1]
 
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Negative ELBO per data point: Gaussian NLL of the minibatch (summed over dimensions,
-        averaged over rows) + ``kl_weight * KL / N``, plus the log-variance bound penalty."""
+        """Negative ELBO per data point: the minibatch's mean per-point NLL (unit variance when
+        deterministic) + ``kl_weight * KL / N``, plus the log-variance bound penalty. Metrics
+        ``nll`` (nats per transition), ``mse`` (standardized units) and ``kl``."""
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
         out, kl = self._train_net.apply(params["net"], key, x)
-        sq_err = jnp.square(out[..., : self.target_dim] - target)
+        mean, logvar = out[..., : self.target_dim], None
         if self.probabilistic:
             logvar = self._bounded_logvar(params, out[..., self.target_dim:])
-            nll = 0.5 * (sq_err * jnp.exp(-logvar) + logvar).sum(-1).mean()
-        else:
-            nll = 0.5 * sq_err.sum(-1).mean()
-        num_data = jnp.maximum(stats["num_data"], 1).astype(jnp.float32)
-        loss = nll + self.kl_weight * kl / num_data + self.logvar_penalty(params)
-        return loss, {"nll": nll, "mse": sq_err.mean(), "kl": kl}
+        loss = self._elbo_objective(
+            params, self._training_nll(mean, logvar, target).mean(), kl, self.kl_weight)
+        nll = self._predictive_nll(mean, logvar, target).mean()
+        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": kl}
