@@ -15,6 +15,7 @@ Function axis first: ``jax.vmap(model.apply, in_axes=(None, 0, 0))(params, keys,
 inside a model) applies each of the k weight draws to its m rows as one matrix product.
 """
 
+from mbrl_bayes.layers.bayesian import bayesian
 from mbrl_bayes.layers.collection import losses
 from mbrl_bayes.layers.conv import Conv2DFlipout, Conv2DReparameterization
 from mbrl_bayes.layers.dense import DenseFlipout, DenseReparameterization
@@ -42,6 +43,7 @@ from mbrl_bayes.layers.regularizers import (
 )
 
 __all__ = [
+    "bayesian",
     "DenseReparameterization",
     "DenseFlipout",
     "LSTMCellReparameterization",
