@@ -196,3 +196,94 @@ assert action.shape == (1,) and history["train_loss"][-1] < history["train_loss"
 def test_readme_network_example_runs():
     exec(compile(README_NETWORK_EXAMPLE, "README.md[network example]", "exec"),
          {"__name__": "readme"})
+
+
+# ------------------------------------------------------------------ CLI: --network
+NETWORK_FILE = '''
+import haiku as hk
+import jax
+from mbrl_bayes import layers as bl
+
+network = bl.bayesian(lambda x: hk.nets.MLP([8, 6], activation=jax.nn.silu)(x))
+'''
+
+TINY_RUN = {
+    "env": "pendulum", "agent": "pets", "seed": 0, "trials": 1, "seed_steps": 20,
+    "episode_length": 8, "eval_calibration": False,
+    "model": {"hidden_sizes": [8]},
+    "train": {"batch_size": 16, "max_epochs": 2, "patience": 2},
+    "planner": {"optimizer": "cem", "horizon": 3, "population": 8, "elites": 2,
+                "iterations": 1, "num_particles": 2},
+}
+
+
+def _last_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_trains_a_network_from_a_file_and_resumes_only_when_given_it(tmp_path, capsys):
+    import json
+
+    from agents import RunConfig, read_metrics
+    from experiments.cli import main
+
+    (tmp_path / "nets.py").write_text(NETWORK_FILE)
+    spec = f"{tmp_path / 'nets.py'}:network"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_RUN))
+    out = str(tmp_path / "run")
+    assert main(["train", "--config", str(config), "--network", spec, "--out", out,
+                 "--quiet"]) == 0
+    recorded = RunConfig.load(f"{out}/config.json").model
+    assert (recorded.name, recorded.network) == ("network", spec)
+    capsys.readouterr()
+
+    # The run folder never imports code by itself.
+    assert main(["train", "--resume", out, "--trials", "2", "--quiet"]) == 2
+    assert f"give --network {spec} again" in _last_error_line(capsys)
+    assert main(["evaluate", out, "--episodes", "1"]) == 2
+    assert "--network" in _last_error_line(capsys)
+    assert main(["train", "--resume", out, "--network", "other.py:network", "--quiet"]) == 2
+    assert "not 'other.py:network'" in _last_error_line(capsys)
+    assert RunConfig.load(f"{out}/config.json").trials == 1
+
+    assert main(["train", "--resume", out, "--network", spec, "--quiet"]) == 0  # all done
+    assert [int(r["trial"]) for r in read_metrics(out)] == [0, 1]
+    capsys.readouterr()
+    assert main(["evaluate", out, "--episodes", "1", "--network", spec]) == 0
+    assert capsys.readouterr().out.startswith("return over 1 episodes")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--network", "missing.py:network"], "does not exist"),
+    (["--network", "nets.py:mlp"], "has no 'mlp'"),
+    (["--network", "nets.py"], "'path/to/file.py:function'"),
+    (["--network", "nets.py:jax"], "neither a function"),
+    (["--network", "nets.py:network", "--model", "pe"], "drop --model pe"),
+    (["--network", "no_such_package.nets:network"], "ModuleNotFoundError"),
+])
+def test_cli_bad_networks_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(NETWORK_FILE)
+    assert main(["train", "--env", "pendulum", "--out", str(tmp_path / "run"), "--quiet",
+                 *argv]) == 2
+    assert message in _last_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_load_network_imports_a_module_by_name(tmp_path, monkeypatch):
+    from agents import load_network
+
+    package = tmp_path / "usernets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "dynamics.py").write_text(NETWORK_FILE + "pair = (len, len)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    network = load_network("usernets.dynamics:network")
+    model = models.NetworkDynamics(network, obs_dim=3, act_dim=1)
+    assert model.probabilistic
+    assert load_network("usernets.dynamics:pair") == (len, len)
