@@ -162,6 +162,35 @@ def test_a_learned_reward_is_the_last_target_column():
     assert out.next_obs.shape == (2, 3, 3) and out.reward.shape == (2, 3)
 
 
+
+def rank1_network(x):
+    """A rank-1 Bayesian ensemble of 3 members in layers."""
+    h = jax.nn.silu(bl.DenseRank1(16, 3, name="hidden")(x))
+    return bl.DenseRank1(6, 3, name="out")(h)
+
+
+def test_an_ensemble_in_layers_draws_members_and_keys():
+    model = models.NetworkDynamics(rank1_network, obs_dim=3, act_dim=1, ensemble_size=3)
+    params, history = fit(model)
+    assert history["train_loss"][-1] < 0.6 * history["train_loss"][0]
+    fns = model.sample_functions(params, jax.random.PRNGKey(1), 6)
+    members = np.asarray(fns["member"])
+    np.testing.assert_array_equal(members, (np.arange(6) + members[0]) % 3)  # cycles
+    obs = np.broadcast_to(DATA["obs"][:4], (6, 4, 3))
+    act = np.broadcast_to(DATA["act"][:4], (6, 4, 1))
+    out = model.transition(params, fns, jax.random.PRNGKey(2), obs, act,
+                           sample_noise=False).next_obs
+    # Draw i is member i's function with key i: the same pair alone gives the same rows.
+    one = jax.tree_util.tree_map(lambda x: x[4:5], fns)
+    alone = model.transition(params, one, jax.random.PRNGKey(3), obs[4:5], act[4:5],
+                             sample_noise=False).next_obs
+    np.testing.assert_allclose(alone[0], out[4], rtol=1e-5, atol=1e-6)
+    assert np.abs(out[0] - out[1]).max() > 1e-4
+    action = plan_one_action(model, params)
+    assert SPEC.action_low[0] <= action[0] <= SPEC.action_high[0]
+    check_predict(model, params)
+
+
 # The README quickstart (NOTES_FOR_LEAD.md): a user's network planned with, as written there.
 README_NETWORK_EXAMPLE = '''
 import haiku as hk

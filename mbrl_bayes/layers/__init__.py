@@ -19,6 +19,12 @@ from mbrl_bayes.layers.bayesian import bayesian
 from mbrl_bayes.layers.collection import losses
 from mbrl_bayes.layers.conv import Conv2DFlipout, Conv2DReparameterization
 from mbrl_bayes.layers.dense import DenseFlipout, DenseReparameterization
+from mbrl_bayes.layers.ensemble import (
+    DenseBatchEnsemble,
+    DenseRank1,
+    current_member,
+    ensemble_member,
+)
 from mbrl_bayes.layers.initializers import (
     TrainableDeterministic,
     TrainableGlorotNormal,
@@ -46,6 +52,10 @@ __all__ = [
     "bayesian",
     "DenseReparameterization",
     "DenseFlipout",
+    "DenseBatchEnsemble",
+    "DenseRank1",
+    "ensemble_member",
+    "current_member",
     "LSTMCellReparameterization",
     "LSTMCellFlipout",
     "BayesianLSTMState",

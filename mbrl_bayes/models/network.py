@@ -53,6 +53,11 @@ class NetworkDynamics(GaussianDynamics):
     dimensions, averaged over rows) ``+ kl_weight * penalty / N`` (``N`` the training-set
     size) ``+`` the log-variance bound penalty.
 
+    With ``ensemble_size=k`` the network is an ensemble in layers (``bl.DenseBatchEnsemble``,
+    ``bl.DenseRank1``): a function draw is ``{'member': [k], 'key': [k]}``, applied inside
+    ``bl.ensemble_member(member)``; draws cycle through the members (from a random one), and
+    the loss averages the NLL of every member on the same minibatch.
+
     Example::
 
         def network(x):                         # Bayesian last layer, 3 outputs -> 2 * t
@@ -74,6 +79,7 @@ class NetworkDynamics(GaussianDynamics):
         learn_reward: bool = False,
         kl_weight: float = 1.0,
         num_eval_draws: int = 8,
+        ensemble_size: Optional[int] = None,
         **kwargs,
     ):
         """Args:
@@ -81,7 +87,9 @@ class NetworkDynamics(GaussianDynamics):
           obs_dim, act_dim: observation and action sizes.
           learn_reward: also predict the reward (one more target column).
           kl_weight: multiplies the network's penalty (``bl.losses()``) in the loss.
-          num_eval_draws: function draws averaged by ``evaluate`` (holdout scores).
+          num_eval_draws: function draws averaged by ``evaluate`` (holdout scores); with an
+            ensemble, at least one per member.
+          ensemble_size: the members of an ensemble-in-layers network (see above), or None.
           **kwargs: ``GaussianDynamics``'s ``max_logvar_init``, ``min_logvar_init``,
             ``logvar_bound_penalty``.
 
@@ -95,9 +103,12 @@ class NetworkDynamics(GaussianDynamics):
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
         if int(num_eval_draws) <= 0:
             raise ValueError(f"num_eval_draws must be positive, got {num_eval_draws}.")
+        if ensemble_size is not None and int(ensemble_size) <= 0:
+            raise ValueError(f"ensemble_size must be positive, got {ensemble_size}.")
         self.network = network
         self.kl_weight = float(kl_weight)
         self.num_eval_draws = int(num_eval_draws)
+        self.ensemble_size = None if ensemble_size is None else int(ensemble_size)
         if _is_pair(network):
             init, apply = network
             self._init, self._apply = init, apply
@@ -121,7 +132,8 @@ class NetworkDynamics(GaussianDynamics):
         x = jax.ShapeDtypeStruct((2, self.in_dim), jnp.float32)
 
         def probe(key, x):
-            return self._apply(self._init(key, x), key, x)
+            with bl.ensemble_member(0):
+                return self._apply(self._init(key, x), key, x)
 
         try:
             out = jax.eval_shape(probe, jax.random.PRNGKey(0), x)
@@ -159,17 +171,37 @@ class NetworkDynamics(GaussianDynamics):
     def _init_net(self, key: jax.Array, x: jax.Array) -> Any:
         return self._init(key, x)
 
+    def _per_draw(self, apply: Callable, net: Any, fns: Functions, x: jax.Array,
+                  x_axis: Optional[int] = 0) -> Any:
+        """``apply(net, key_i, x_i)`` for every draw ``i`` (inside ``bl.ensemble_member``
+        with an ensemble)."""
+        if self.ensemble_size is None:
+            return jax.vmap(lambda k, rows: apply(net, k, rows), (0, x_axis))(fns["key"], x)
+
+        def member_apply(member, k, rows):
+            with bl.ensemble_member(member):
+                return apply(net, k, rows)
+
+        return jax.vmap(member_apply, (0, 0, x_axis))(fns["member"], fns["key"], x)
+
     def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> Any:
         del key
-        out = jax.vmap(lambda k, rows: self._apply(net, k, rows))(fns["key"], x)
-        mean, raw_logvar = self._outputs(out)
+        mean, raw_logvar = self._outputs(self._per_draw(self._apply, net, fns, x))
         return mean if raw_logvar is None else (mean, raw_logvar)
 
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
-        return {"key": jax.random.split(key, k)}
+        if self.ensemble_size is None:
+            return {"key": jax.random.split(key, k)}
+        member_key, key = jax.random.split(key)
+        first = jax.random.randint(member_key, (), 0, self.ensemble_size)
+        members = (jnp.arange(k) + first) % self.ensemble_size
+        return {"member": members.astype(jnp.int32), "key": jax.random.split(key, k)}
 
     def eval_functions(self, params: Params, key: jax.Array) -> Functions:
-        return self.sample_functions(params, key, self.num_eval_draws)
+        k = self.num_eval_draws
+        if self.ensemble_size is not None:
+            k = -(-k // self.ensemble_size) * self.ensemble_size
+        return self.sample_functions(params, key, k)
 
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
         """Negative ELBO per data point of a minibatch (``batch`` arrays [B, ...]): Gaussian NLL
@@ -178,7 +210,13 @@ class NetworkDynamics(GaussianDynamics):
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
-        out, penalty = self._apply_with_penalty(params["net"], key, x)
+        if self.ensemble_size is None:
+            out, penalty = self._apply_with_penalty(params["net"], key, x)
+        else:  # every member on the minibatch; the penalty does not depend on the member
+            fns = self.sample_functions(params, key, self.ensemble_size)
+            out, penalty = self._per_draw(self._apply_with_penalty, params["net"], fns, x,
+                                          x_axis=None)
+            penalty = penalty.mean()
         mean, raw_logvar = self._outputs(out)
         sq_err = jnp.square(mean - target)
         if raw_logvar is None:
