@@ -252,7 +252,33 @@ def _last_error_line(capsys):
     return err[0]
 
 
-def test_cli_trains_a_network_from_a_file_and_resumes_only_when_given_it(tmp_path, capsys):
+def test_cli_network_runs_import_code_only_from_the_command_line(tmp_path, capsys):
+    """A run folder of model 'network' records the name; resuming or evaluating it needs
+    --network again (checked before anything is built)."""
+    from agents import ModelConfig, RunConfig, build_agent, load_network
+    from experiments.cli import main
+
+    (tmp_path / "nets.py").write_text(NETWORK_FILE)
+    spec = f"{tmp_path / 'nets.py'}:network"
+    out = tmp_path / "run"
+    out.mkdir()
+    config = RunConfig(env="pendulum", model=ModelConfig(name="network", network=spec))
+    config.save(str(out / "config.json"))
+    assert main(["train", "--resume", str(out), "--trials", "2", "--quiet"]) == 2
+    assert f"give --network {spec} again" in _last_error_line(capsys)
+    assert main(["evaluate", str(out), "--episodes", "1"]) == 2
+    assert "--network" in _last_error_line(capsys)
+    assert main(["train", "--resume", str(out), "--network", "other.py:network"]) == 2
+    assert "not 'other.py:network'" in _last_error_line(capsys)
+    assert RunConfig.load(str(out / "config.json")).trials == config.trials
+    with pytest.raises(ValueError, match="never imports code"):
+        build_agent(config)
+    agent = build_agent(config, load_network(spec))
+    assert isinstance(agent.model, models.NetworkDynamics) and agent.model.probabilistic
+
+
+@pytest.mark.slow
+def test_cli_trains_a_network_from_a_file_and_resumes_when_given_it(tmp_path, capsys):
     import json
 
     from agents import RunConfig, read_metrics
@@ -268,18 +294,12 @@ def test_cli_trains_a_network_from_a_file_and_resumes_only_when_given_it(tmp_pat
     recorded = RunConfig.load(f"{out}/config.json").model
     assert (recorded.name, recorded.network) == ("network", spec)
     capsys.readouterr()
-
-    # The run folder never imports code by itself.
     assert main(["train", "--resume", out, "--trials", "2", "--quiet"]) == 2
     assert f"give --network {spec} again" in _last_error_line(capsys)
-    assert main(["evaluate", out, "--episodes", "1"]) == 2
-    assert "--network" in _last_error_line(capsys)
-    assert main(["train", "--resume", out, "--network", "other.py:network", "--quiet"]) == 2
-    assert "not 'other.py:network'" in _last_error_line(capsys)
-    assert RunConfig.load(f"{out}/config.json").trials == 1
-
-    assert main(["train", "--resume", out, "--network", spec, "--quiet"]) == 0  # all done
-    assert [int(r["trial"]) for r in read_metrics(out)] == [0, 1]
+    assert main(["train", "--resume", out, "--trials", "2", "--network", spec, "--quiet"]) == 0
+    rows = read_metrics(out)
+    assert [int(r["trial"]) for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(float(r["return"])) for r in rows)
     capsys.readouterr()
     assert main(["evaluate", out, "--episodes", "1", "--network", spec]) == 0
     assert capsys.readouterr().out.startswith("return over 1 episodes")
