@@ -29,34 +29,18 @@ import jax
 from haiku._src import base as hk_base  # the per-transform-call context has no public handle
 
 from mbrl_bayes.layers import collection
-from mbrl_bayes.layers.initializers import (
-    InitializerLike,
-    TrainableInitializer,
-    TrainableNormal,
-    get_initializer,
-)
+from mbrl_bayes.layers.initializers import InitializerLike, TrainableInitializer, get_initializer
 from mbrl_bayes.layers.modes import is_posterior_mean
 from mbrl_bayes.layers.module import BayesianModule
 from mbrl_bayes.layers.regularizers import RegularizerLike, get_regularizer
 
 Predicate = Callable[[str, str, Tuple[int, ...]], bool]
 
-# softplus(-3) ~= 0.049: TrainableNormal's (Edward2's) initial stddev. A constant rather than
-# TrainableNormal's random default, so that creating the scales draws no key from Haiku's rng
-# sequence and every posterior mean gets exactly the value the deterministic net's init would.
-DEFAULT_RAW_SCALE_INIT = -3.0
-
-
 def default_predicate(module_name: str, name: str, shape: Tuple[int, ...]) -> bool:
     """Chooses the weight matrices and kernels: every parameter with at least two dimensions
     (not biases, scales or offsets)."""
     del module_name, name
     return len(shape) >= 2
-
-
-def default_initializer() -> TrainableInitializer:
-    """``TrainableNormal`` with every raw scale starting at ``DEFAULT_RAW_SCALE_INIT``."""
-    return TrainableNormal(raw_scale_init=hk.initializers.Constant(DEFAULT_RAW_SCALE_INIT))
 
 
 # Set while this module creates or reads a posterior's own parameters (``w_loc``, ...), which
@@ -125,7 +109,7 @@ def bayesian(
     fn: Callable[..., Any],
     *,
     predicate: Optional[Predicate] = None,
-    initializer: Optional[InitializerLike] = None,
+    initializer: InitializerLike = "trainable_normal",
     regularizer: RegularizerLike = "normal_kl_divergence",
 ) -> Callable[..., Any]:
     """Makes the Haiku function ``fn`` Bayesian: chosen parameters become distributions.
@@ -164,7 +148,8 @@ def bayesian(
         parameter with two or more dimensions).
       initializer: the chosen parameters' posterior (a ``TrainableInitializer`` or its name);
         its ``loc_init``, when set, replaces the parameters' own initializers. Default
-        :func:`default_initializer`.
+        ``TrainableNormal()``, whose constant raw-scale init takes no key: with the same key,
+        ``init`` gives every posterior mean the value the deterministic net's ``init`` does.
       regularizer: the penalty of each chosen parameter (a ``Regularizer``, its name or
         ``None``); default ``KL(q || N(0, 1))``.
 
@@ -182,8 +167,7 @@ def bayesian(
         raise TypeError(
             f"bl.bayesian's predicate must be a function of (module_name, name, shape), "
             f"got {predicate!r}.")
-    posterior_init = default_initializer() if initializer is None else get_initializer(
-        initializer)
+    posterior_init = get_initializer(initializer)
     penalty = get_regularizer(regularizer)
 
     def chosen(context: hk.GetterContext) -> bool:

@@ -18,10 +18,14 @@ from typing import Any, Iterator, Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from mbrl_bayes.layers.initializers import Initializer, InitializerLike, get_initializer
+from mbrl_bayes.layers.initializers import (
+    Initializer,
+    InitializerLike,
+    fan_in_truncated_normal,
+    get_initializer,
+)
 from mbrl_bayes.layers.module import BayesianModule, check_floating
 from mbrl_bayes.layers.regularizers import (
     NormalKLDivergence,
@@ -102,8 +106,9 @@ class _DenseEnsemble(BayesianModule):
         check_floating(inputs, layer)
         n_in = inputs.shape[-1]
         self.check_feature_size("input_size", n_in, "input features")
-        w_init = self.w_init or hk.initializers.TruncatedNormal(float(1.0 / np.sqrt(n_in)))
-        w = hk.get_parameter("w", [n_in, self.output_size], inputs.dtype, init=w_init)
+        shape = (n_in, self.output_size)
+        w = hk.get_parameter("w", shape, inputs.dtype,
+                             init=self.w_init or fan_in_truncated_normal(shape))
         b = None
         if self.with_bias:
             b = hk.get_parameter("b", [self.ensemble_size, self.output_size], inputs.dtype,
