@@ -3,7 +3,7 @@
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
 from agents.config import ModelConfig, PlannerConfig, RunConfig, TrainConfig
 from agents.episode import run_episode
-from agents.factory import build_agent, build_model, build_optimizer
+from agents.factory import build_agent, build_model, build_optimizer, load_network
 from agents.plotting import plot_returns
 from agents.run import Run, evaluate
 from agents.run_folder import RunError, read_metrics
@@ -23,6 +23,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "evaluate",
+    "load_network",
     "plot_returns",
     "read_metrics",
     "run_episode",

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 # dispatches on them. Optimizer, propagation, early-stopping, estimator and activation names live
 # with what they name (``planning.OPTIMIZERS``, ``planning.PROPAGATIONS``, ...).
 ENSEMBLE_MODEL_NAMES = ("pe", "de", "p", "d")  # the PETS variants
-MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout")
+MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout", "network")
 AGENT_NAMES = ("pets", "thompson", "random")
 
 
@@ -24,6 +24,10 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
+    ``network``: ``models.NetworkDynamics`` of the user's network named by ``network``
+    (``"path/to/file.py:function"`` or ``"package.module:function"``); the run records the
+    name but never imports it by itself: whoever builds the model passes the function
+    (``agents.load_network(spec)``; the CLI's ``--network``).
     ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU; see ``FUSED_KERNELS``): plan through
     the Pallas kernels of ``mbrl_bayes.kernels`` (a ``KernelEnsemble`` with that backend:
     ``"triton"`` or ``"mosaic"``, Hopper and later); ``None``: XLA.
@@ -41,6 +45,7 @@ class ModelConfig:
     lstm_size: int = 64
     sequence_length: int = 10
     fused_kernel: Optional[str] = None
+    network: Optional[str] = None
 
 
 # The Pallas backends a model may plan with (``mbrl_bayes.kernels.BACKENDS``, which is imported
@@ -72,6 +77,16 @@ def check_fused_kernel(model: ModelConfig) -> None:
     if jax.default_backend() != "gpu":
         raise ValueError("fused_kernel needs a GPU (elsewhere the Pallas kernel only runs in its "
                          "slow interpreter).")
+
+
+def check_network(model: ModelConfig) -> None:
+    """Raises a one-line ValueError unless ``model.network`` is set exactly for ``network``."""
+    if model.name == "network" and not model.network:
+        raise ValueError("model 'network' needs the network's name, 'path/to/file.py:function' "
+                         "or 'package.module:function' (--network).")
+    if model.network and model.name != "network":
+        raise ValueError(f"network={model.network!r} is for model 'network', not "
+                         f"{model.name!r}.")
 
 
 @dataclasses.dataclass
@@ -157,6 +172,7 @@ class RunConfig:
         if self.planner.elites > self.planner.population:
             raise ValueError("elites must not exceed population.")
         check_fused_kernel(self.model)
+        check_network(self.model)
         return self
 
     # ------------------------------------------------------------------ JSON

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import inspect
-from typing import Any, Callable, Dict
+import os
+import sys
+from typing import Any, Callable, Dict, Optional
 
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
@@ -64,21 +68,80 @@ def _variational_mlp(cfg: ModelConfig, common: dict) -> Any:
                                  prior_stddev=cfg.prior_stddev)
 
 
+def _network(cfg: ModelConfig, common: dict) -> Any:
+    network = common.get("network")
+    if network is None:
+        raise ValueError(f"This run's model is the network {cfg.network!r}, and a run folder "
+                         f"never imports code by itself: give --network {cfg.network} again.")
+    return models.NetworkDynamics(network, obs_dim=common["obs_dim"],
+                                  act_dim=common["act_dim"], learn_reward=cfg.learn_reward)
+
+
+def load_network(spec: str) -> Any:
+    """Imports the network named by ``spec``: ``"path/to/file.py:name"`` (a file, run as a
+    module) or ``"package.module:name"`` (``name`` may be dotted); the object is what
+    ``models.NetworkDynamics`` takes (a Haiku function or an ``(init, apply)`` pair).
+
+    Raises:
+      ValueError: one line, for a malformed spec, a file or module that cannot be imported,
+        a missing name, or an object that is not a function or a pair of functions.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"--network needs 'path/to/file.py:function' or "
+                         f"'package.module:function', got {spec!r}.")
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ValueError(f"--network {spec!r} lacks the module or the function name.")
+    try:
+        if where.endswith(".py") or os.sep in where:
+            if not os.path.isfile(where):
+                raise ValueError(f"--network {spec!r}: file {where} does not exist.")
+            module_name = f"_mbrl_bayes_network_{os.path.splitext(os.path.basename(where))[0]}"
+            module_spec = importlib.util.spec_from_file_location(module_name, where)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ValueError:
+        raise
+    except Exception as e:  # the user's code: whatever it raises, one line
+        raise ValueError(f"--network {spec!r}: importing {where} failed: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from e
+    network: Any = module
+    for attr in name.split("."):
+        if not hasattr(network, attr):
+            raise ValueError(f"--network {spec!r}: {where} has no {name!r}.")
+        network = getattr(network, attr)
+    pair = isinstance(network, (tuple, list)) and len(network) == 2 and all(
+        callable(f) for f in network)
+    if not (callable(network) or pair):
+        raise ValueError(f"--network {spec!r} is neither a function nor an (init, apply) pair.")
+    return network
+
+
 # Keyed by ``MODEL_NAMES``, in its order (tests/test_cli.py checks they are the same).
 MODEL_BUILDERS: Dict[str, Callable[[ModelConfig, dict], Any]] = {
     **{name: _ensemble for name in _ENSEMBLE_VARIANTS},
     "vmlp": _variational_mlp,
     "vlstm": _variational_lstm,
     "dropout": _dropout,
+    "network": _network,
 }
 
 
-def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
-    """The dynamics model named by ``cfg.name`` (one of ``MODEL_NAMES``)."""
+def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int,
+                network: Optional[Any] = None) -> Any:
+    """The dynamics model named by ``cfg.name`` (one of ``MODEL_NAMES``); for ``network``,
+    ``models.NetworkDynamics`` of ``network`` (the object ``cfg.network`` names: the caller
+    imports it, e.g. with :func:`load_network`, since a run folder never imports code)."""
     if cfg.name not in MODEL_BUILDERS:
         raise ValueError(f"Unknown model {cfg.name!r}; known: {', '.join(MODEL_NAMES)}.")
     common = dict(obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=tuple(cfg.hidden_sizes),
                   learn_reward=cfg.learn_reward, activation=cfg.activation)
+    if cfg.name == "network":
+        common["network"] = network
     return MODEL_BUILDERS[cfg.name](cfg, common)
 
 
@@ -109,15 +172,16 @@ AGENT_CLASSES: Dict[str, type] = {"pets": PETSAgent, "thompson": ThompsonAgent,
                                   "random": RandomAgent}
 
 
-def build_agent(config: RunConfig) -> Any:
-    """The agent of ``config`` for its env (a ``RandomAgent`` or a model-based agent)."""
+def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
+    """The agent of ``config`` for its env (a ``RandomAgent`` or a model-based agent);
+    ``network``: the network of model ``network`` (see :func:`build_model`)."""
     if config.agent not in AGENT_CLASSES:
         raise ValueError(f"Unknown agent {config.agent!r}; known: {', '.join(AGENT_NAMES)}.")
     cls = AGENT_CLASSES[config.agent]
     spec = envs.task(config.env)
     if not issubclass(cls, ModelBasedAgent):
         return cls(spec.action_low, spec.action_high)
-    model = build_model(config.model, spec.obs_dim, spec.act_dim)
+    model = build_model(config.model, spec.obs_dim, spec.act_dim, network)
     thompson = issubclass(cls, ThompsonAgent)
     propagation = "thompson" if thompson else config.planner.propagation
     mpc = planning.MPC(

@@ -30,13 +30,13 @@ _SEED_DATA, _TRIAL, _EVALUATE = 0, 1, 2
 class Run:
     """A training run in a folder: creates, resumes and advances it (see the module docstring)."""
 
-    def __init__(self, out_dir: str, config: RunConfig):
+    def __init__(self, out_dir: str, config: RunConfig, network: Optional[Any] = None):
         self.out_dir = out_dir
         self.folder = RunFolder(out_dir)
         self.config = config.validate()
         self.spec = envs.task(config.env)
         self.episode_length = config.episode_length or self.spec.episode_length
-        self.agent = build_agent(config)
+        self.agent = build_agent(config, network)  # network: model 'network' only
         capacity = max(config.seed_steps, 1) + config.trials * self.episode_length
         self.buffer = ReplayBuffer(capacity, self.spec.obs_dim, self.spec.act_dim)
         self.trials_done = -1  # -1: no seed data yet; 0: seed data only
@@ -46,16 +46,17 @@ class Run:
         return self.folder.path(name)
 
     @classmethod
-    def create(cls, out_dir: str, config: RunConfig) -> "Run":
+    def create(cls, out_dir: str, config: RunConfig, network: Optional[Any] = None) -> "Run":
         """A new run in ``out_dir`` (RunError if it already holds one)."""
         if RunFolder(out_dir).holds_run():
             raise RunError(f"{out_dir} already holds a run; use --resume {out_dir} to continue it.")
-        run = cls(out_dir, config)
+        run = cls(out_dir, config, network)
         run.folder.save_config(config)
         return run
 
     @classmethod
-    def resume(cls, out_dir: str, trials: Optional[int] = None) -> "Run":
+    def resume(cls, out_dir: str, trials: Optional[int] = None,
+               network: Optional[Any] = None) -> "Run":
         """The run in ``out_dir`` at its last finished trial; ``trials`` sets a new total."""
         folder = RunFolder(out_dir)
         config = folder.load_config()
@@ -64,7 +65,7 @@ class Run:
                 raise RunError(f"trials must be positive, got {trials}.")
             config.trials = max(trials, 1)
             folder.save_config(config)
-        run = cls(out_dir, config)
+        run = cls(out_dir, config, network)
         if not folder.holds_run():
             return run  # killed before the seed data was saved: start afresh
         state = folder.load_state()
@@ -148,12 +149,13 @@ class Run:
         log(trial_summary(row, cfg.trials))
 
 
-def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = False
-             ) -> List[float]:
-    """Returns of ``episodes`` episodes of the run's saved agent."""
+def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = False,
+             network: Optional[Any] = None) -> List[float]:
+    """Returns of ``episodes`` episodes of the run's saved agent (``network``: the network
+    of a run of model ``network``, which the run folder never imports by itself)."""
     if episodes <= 0:
         raise RunError(f"episodes must be positive, got {episodes}.")
-    run = Run.resume(run_dir)
+    run = Run.resume(run_dir, network=network)
     if run.trials_done < 1 and run.config.agent != "random":
         raise RunError(f"{run_dir} has no trained model yet (no finished trial).")
     if run.config.agent != "random" and run.agent.params is None:

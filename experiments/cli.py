@@ -3,6 +3,7 @@
     mbrl-bayes train                                   # the default quick run (see DEFAULT_RUN)
     mbrl-bayes train --env cartpole_swingup --agent pets --trials 10 --seed 0 --out runs/x
     mbrl-bayes train --resume runs/x [--trials 15]     # continue an interrupted / finished run
+    mbrl-bayes train --env pendulum --network my_nets.py:network   # your own network's model
     mbrl-bayes evaluate runs/x --episodes 5
     mbrl-bayes plot runs/a runs/b ... -o curves.png
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fused-kernel", choices=FUSED_KERNELS, default=None,
                        help="plan through Pallas GPU kernels (pe/de/p/d): triton (any CUDA "
                             "GPU) or mosaic (Mosaic GPU, Hopper and later)")
+    train.add_argument("--network", metavar="FILE.py:FUNCTION|MODULE:FUNCTION",
+                       help="plan with models.NetworkDynamics of your own network (a Haiku "
+                            "function or an (init, apply) pair); a run records the name, and "
+                            "--resume / evaluate need it given again")
     train.add_argument("--config", help="a JSON RunConfig file (flags override it)")
     train.add_argument("--out", help="run folder; default runs/<env>-<agent>-<model>-s<seed>")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run folder")
     evaluate.add_argument("--episodes", type=_positive_int, default=5)
     evaluate.add_argument("--seed", type=int, default=12345)
+    evaluate.add_argument("--network", help="the run's --network (a run never imports code)")
 
     plot = sub.add_parser("plot", help="overlay learning curves of runs")
     plot.add_argument("runs", nargs="+", help="run folders")
@@ -83,9 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from agents import Run, RunConfig
+def _run_network(run_dir: str, spec: Optional[str]):
+    """The network of the run in ``run_dir`` from ``--network spec``: None for other models;
+    a one-line ValueError when it is missing or differs from the one the run recorded."""
+    from agents import RunConfig, load_network
 
+    try:
+        recorded = RunConfig.load(os.path.join(run_dir, "config.json")).model.network
+    except (OSError, ValueError, TypeError):
+        return None  # Run.resume reports the missing or broken run folder
+    if recorded is None:
+        if spec is not None:
+            raise ValueError(f"{run_dir} does not run a custom network; drop --network.")
+        return None
+    if spec is None:
+        raise ValueError(f"{run_dir} runs the network {recorded!r}, and a run folder never "
+                         f"imports code by itself: give --network {recorded} again.")
+    if spec != recorded:
+        raise ValueError(f"{run_dir} runs the network {recorded!r}, not {spec!r}.")
+    return load_network(spec)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agents import Run, RunConfig, load_network
+
+    network = None
     if args.resume:
         overrides = [n for n in ("env", "agent", "model", "optimizer", "propagation", "seed",
                                  "horizon", "population", "particles", "config", "out",
@@ -94,7 +122,8 @@ def _train(args: argparse.Namespace) -> int:
         if overrides:
             flag = overrides[0].replace("_", "-")
             raise ValueError(f"--resume continues a run as configured; drop --{flag}.")
-        run = Run.resume(args.resume, trials=args.trials)
+        network = _run_network(args.resume, args.network)
+        run = Run.resume(args.resume, trials=args.trials, network=network)
         print(f"resuming {args.resume}: {run.trials_done if run.trials_done > 0 else 0} of "
               f"{run.config.trials} trials done")
     else:
@@ -117,6 +146,14 @@ def _train(args: argparse.Namespace) -> int:
             config.model.name = args.model
         if args.fused_kernel:
             config.model.fused_kernel = args.fused_kernel
+        if args.network is not None:
+            if args.model not in (None, "network"):
+                raise ValueError(f"--network builds model 'network'; drop --model {args.model}.")
+            config.model.name, config.model.network = "network", args.network
+            network = load_network(args.network)  # code is imported only when asked for here
+        elif config.model.name == "network":
+            raise ValueError(f"The config's model is the network {config.model.network!r}; "
+                             f"code is imported only from the command line: give --network.")
         for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
                            ("horizon", "horizon"), ("population", "population"),
                            ("particles", "num_particles")):
@@ -127,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
         config.validate()
         out = args.out or os.path.join(
             "runs", f"{config.env}-{config.agent}-{config.model.name}-s{config.seed}")
-        run = Run.create(out, config)
+        run = Run.create(out, config, network)
         print(f"run folder: {out}")
     rows = run.run(progress=not args.quiet)
     best = max(r["return"] for r in rows if r["trial"] > 0)
@@ -153,7 +190,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from agents import evaluate
 
-    returns = evaluate(args.run, args.episodes, seed=args.seed)
+    returns = evaluate(args.run, args.episodes, seed=args.seed,
+                       network=_run_network(args.run, args.network))
     print(f"return over {len(returns)} episodes: {np.mean(returns):.2f} +- {np.std(returns):.2f}"
           f"  ({', '.join(f'{r:.1f}' for r in returns)})")
     return 0

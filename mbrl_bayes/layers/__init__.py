@@ -15,9 +15,16 @@ Function axis first: ``jax.vmap(model.apply, in_axes=(None, 0, 0))(params, keys,
 inside a model) applies each of the k weight draws to its m rows as one matrix product.
 """
 
+from mbrl_bayes.layers.bayesian import bayesian
 from mbrl_bayes.layers.collection import losses
 from mbrl_bayes.layers.conv import Conv2DFlipout, Conv2DReparameterization
 from mbrl_bayes.layers.dense import DenseFlipout, DenseReparameterization
+from mbrl_bayes.layers.ensemble import (
+    DenseBatchEnsemble,
+    DenseRank1,
+    current_member,
+    ensemble_member,
+)
 from mbrl_bayes.layers.initializers import (
     TrainableDeterministic,
     TrainableGlorotNormal,
@@ -42,8 +49,13 @@ from mbrl_bayes.layers.regularizers import (
 )
 
 __all__ = [
+    "bayesian",
     "DenseReparameterization",
     "DenseFlipout",
+    "DenseBatchEnsemble",
+    "DenseRank1",
+    "ensemble_member",
+    "current_member",
     "LSTMCellReparameterization",
     "LSTMCellFlipout",
     "BayesianLSTMState",

@@ -5,6 +5,7 @@ from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.likelihood import gaussian_nll
+from mbrl_bayes.models.network import NetworkDynamics
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.recurrent import VariationalLSTM
 from mbrl_bayes.models.training import train
@@ -14,6 +15,7 @@ __all__ = [
     "DynamicsModel",
     "GaussianDynamics",
     "MCDropoutMLP",
+    "NetworkDynamics",
     "Normalizer",
     "ProbabilisticEnsemble",
     "Transition",
