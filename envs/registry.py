@@ -10,7 +10,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs import cartpole_swingup, mujoco_tasks, pendulum
+from envs import cartpole_swingup, mujoco_tasks, noisy, pendulum
 from envs.spec import DynamicsFn, TaskSpec, TransitionFn
 from envs.wrappers import ValidateAction
 
@@ -19,6 +19,14 @@ _CARTPOLE_SWINGUP_SPEC = gym.envs.registration.EnvSpec(
     entry_point=cartpole_swingup.CartpoleSwingupEnv,
     max_episode_steps=cartpole_swingup.EPISODE_LENGTH,
 )
+_NOISY_SPECS = {  # envs/noisy.py: process noise of known std, a ground truth for calibration
+    "cartpole_swingup_noisy": gym.envs.registration.EnvSpec(
+        id="CartpoleSwingupNoisy-v0", entry_point=noisy.NoisyCartpoleSwingupEnv,
+        max_episode_steps=cartpole_swingup.EPISODE_LENGTH),
+    "pendulum_noisy": gym.envs.registration.EnvSpec(
+        id="PendulumNoisy-v0", entry_point=noisy.NoisyPendulumEnv,
+        max_episode_steps=pendulum.EPISODE_LENGTH),
+}
 
 
 def _make_env(
@@ -103,6 +111,27 @@ _TASKS: Mapping[str, TaskSpec] = types.MappingProxyType(
                 action_high=[pendulum.MAX_TORQUE],
                 pinned=dict(g=pendulum.GRAVITY),
                 dynamics_fn=pendulum.step_obs,
+            ),
+            _spec(
+                "pendulum_noisy",
+                _NOISY_SPECS["pendulum_noisy"],
+                pendulum.reward_fn,
+                pendulum.termination_fn,
+                episode_length=pendulum.EPISODE_LENGTH,
+                obs_dim=pendulum.OBS_DIM,
+                action_low=[-pendulum.MAX_TORQUE],
+                action_high=[pendulum.MAX_TORQUE],
+                pinned=dict(g=pendulum.GRAVITY),
+            ),
+            _spec(
+                "cartpole_swingup_noisy",
+                _NOISY_SPECS["cartpole_swingup_noisy"],
+                cartpole_swingup.reward_fn,
+                cartpole_swingup.termination_fn,
+                episode_length=cartpole_swingup.EPISODE_LENGTH,
+                obs_dim=cartpole_swingup.OBS_DIM,
+                action_low=[-1.0],
+                action_high=[1.0],
             ),
             _spec(
                 "inverted_pendulum",
