@@ -19,6 +19,11 @@ class MCDropoutMLP(GaussianDynamics):
     to (so a draw is a fixed function, not fresh noise per particle); ``sample_functions`` returns
     ``{'masks': [[k, 1, hidden], ...]}`` already scaled by ``1 / (1 - dropout_rate)``. Training
     uses independent masks per row, as usual.
+
+    The default ``dropout_rate=0.01``: per-row masks in training also widen the learned
+    variance, so larger rates double-count their spread; on ``pendulum_noisy`` (noise of known
+    std) the 90% intervals covered ~96% at rate 0.05 and ~92% at 0.01
+    (docs/results/variational_calibration).
     """
 
     num_functions = None  # unlimited draws
@@ -30,7 +35,7 @@ class MCDropoutMLP(GaussianDynamics):
         obs_dim: int,
         act_dim: int,
         hidden_sizes: Sequence[int] = (200, 200, 200, 200),
-        dropout_rate: float = 0.1,
+        dropout_rate: float = 0.01,
         probabilistic: bool = True,
         learn_reward: bool = False,
         activation: str | Callable = "silu",
