@@ -34,8 +34,8 @@ def _mujoco(env: str, trials: int, horizon: int) -> Callable[[], RunConfig]:
     # Up to 200 epochs, patience 20, stopping on the holdout NLL: on the 4000 transitions of the
     # first halfcheetah run, 25 epochs (the old cap) left a standardized holdout MSE of 0.119 and
     # 200 epochs 0.032; but on the first 1000 (random) transitions, stopping on the MSE ran all
-    # 200 epochs to a holdout NLL of 11 (overconfident variances; trial 1 returned -766), while
-    # the NLL is lowest near epoch 35 (-0.2).
+    # 200 epochs to a holdout NLL of 109 nats per transition (overconfident variances; trial 1
+    # returned -766), while the NLL is lowest near epoch 35 (13.9).
     def make() -> RunConfig:
         return RunConfig(
             env=env, trials=trials, seed_steps=1000,
