@@ -256,7 +256,7 @@ def test_a_pickle_checkpoint_in_a_run_folder_is_refused_without_running(trained_
     with open(os.path.join(run_dir, "model.ckpt"), "wb") as f:
         pickle.dump({"magic": "mbrl_bayes.checkpoint.v1", "params": _Payload(marker)}, f)
     before = _folder_bytes(run_dir)
-    for argv in (["evaluate", run_dir], ["train", "--resume", run_dir]):
+    for argv in (["evaluate", run_dir], ["train", "--resume", run_dir, "--trials", "3"]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "old pickle-format" in err and "not loaded" in err
