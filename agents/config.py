@@ -136,8 +136,8 @@ class RunConfig:
     planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
 
     def validate(self) -> "RunConfig":
-        """Returns ``self``, or raises a one-line ``ConfigError`` (a ValueError) naming every
-        field no run can use; see ``agents.validation``."""
+        """Returns ``self``, or raises a one-line ValueError naming every field no run can use;
+        see ``agents.validation``."""
         from agents.validation import validate_config
 
         return validate_config(self)

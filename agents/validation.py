@@ -4,7 +4,7 @@
 command line's flags) before anything is built; ``check_fields`` checks each field on its own,
 so that a bad value in a file is reported even where a flag would replace it. Nothing is ever
 rewritten: every violation is reported as one line naming the field (``planner.elites``), all
-of them joined into one ``ConfigError`` message. ``FIELDS`` holds each field's meaning and rule
+of them joined into one ValueError message. ``FIELDS`` holds each field's meaning and rule
 (shown by ``mbrl-bayes config --help``).
 """
 
@@ -21,10 +21,6 @@ from agents import config as cfg
 
 # A rule takes the field's value (already of the right type) and returns what is wrong, or None.
 Rule = Callable[[Any], Optional[str]]
-
-
-class ConfigError(ValueError):
-    """A ``RunConfig`` no run can use (one line: every violation, each naming its field)."""
 
 
 def _positive(value: Any) -> Optional[str]:
@@ -236,9 +232,8 @@ def check_fields(config: "cfg.RunConfig") -> List[str]:
         if problem is None:
             rule = FIELDS.get(path, ("", None))[1]
             problem = rule(value) if rule is not None else None
-        if problem is not None:
-            sep = ": " if problem.startswith("Unknown ") else " "
-            problems.append(f"{path}{sep}{problem}")
+        if problem is not None:  # "Unknown <name> ..." already names the field
+            problems.append(problem if problem.startswith("Unknown ") else f"{path} {problem}")
     return problems
 
 
@@ -293,13 +288,13 @@ def check_cross_fields(config: "cfg.RunConfig") -> List[str]:
 
 
 def validate_config(config: "cfg.RunConfig", fields_only: bool = False) -> "cfg.RunConfig":
-    """Returns ``config`` unchanged, or raises ``ConfigError`` listing every violation on one
+    """Returns ``config`` unchanged, or raises a ValueError listing every violation on one
     line. ``fields_only``: skip the cross-field rules (for a file that flags will complete)."""
     problems = check_fields(config)
     if not problems and not fields_only:
         problems = check_cross_fields(config)
     if problems:
-        raise ConfigError("; ".join(problems) + ".")
+        raise ValueError("; ".join(problems) + ".")
     return config
 
 

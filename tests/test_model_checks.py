@@ -158,6 +158,8 @@ def test_check_model_lists_each_missing_piece():
     assert not isinstance(Sketch(), DynamicsModel)
     assert check_model(Sketch()) == [
         "Sketch.act_dim must be a positive int (the act size), got 0.",
+        "Sketch.rollout_states is missing: None (the planner steps transition), or a "
+        "whole-horizon rollout (see DynamicsModel).",
         "Sketch.learns_reward is missing: a bool (MPC needs a reward_fn when it is False).",
         "Sketch.predict() is missing (the DynamicsModel contract).",
         "Sketch.fit_stats() is missing (models.train calls it).",

@@ -125,6 +125,12 @@ def check_model(model: Any, key: Optional[jax.Array] = None) -> List[str]:
     if not hasattr(model, "num_functions"):
         problems.append(f"{name}.num_functions is missing: the number of distinct function "
                         "draws (int), or None when draws are unlimited (MPC reads it).")
+    if not hasattr(model, "rollout_states"):
+        problems.append(f"{name}.rollout_states is missing: None (the planner steps "
+                        "transition), or a whole-horizon rollout (see DynamicsModel).")
+    elif model.rollout_states is not None and not callable(model.rollout_states):
+        problems.append(f"{name}.rollout_states must be None or callable, got "
+                        f"{model.rollout_states!r}.")
     if not isinstance(getattr(model, "learns_reward", None), bool):
         problems.append(f"{name}.learns_reward is missing: a bool (MPC needs a reward_fn "
                         "when it is False).")
