@@ -51,14 +51,10 @@ def _optional(rule: Rule) -> Rule:
     return lambda value: None if value is None else rule(value)
 
 
-def _all(rule: Rule) -> Rule:
-    def check(values: Any) -> Optional[str]:
-        for v in values:
-            problem = rule(v)
-            if problem:
-                return f"must hold positive numbers, got {list(values)}"
+def _all_positive(values: Any) -> Optional[str]:
+    if all(v > 0 for v in values):
         return None
-    return check
+    return f"must hold positive numbers, got {list(values)}"
 
 
 def _seed(value: int) -> Optional[str]:
@@ -117,7 +113,7 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "model.name": ("dynamics model: pe, de, p, d (PETS ensembles), vmlp (variational MLP), "
                    "vlstm (variational LSTM), dropout (MC dropout)",
                    _choice("model", lambda: cfg.MODEL_NAMES)),
-    "model.hidden_sizes": ("hidden layer widths, e.g. [200, 200, 200]", _all(_positive)),
+    "model.hidden_sizes": ("hidden layer widths, e.g. [200, 200, 200]", _all_positive),
     "model.ensemble_size": ("members of pe/de ensembles (p/d use 1), > 0", _positive),
     "model.num_elites": ("members of pe/de used for planning (best on the holdout); "
                          "null: all", _optional(_positive)),
