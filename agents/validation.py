@@ -130,6 +130,9 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "model.fused_kernel": ("pe/de/p/d on a GPU: plan through the Pallas kernels of "
                            "mbrl_bayes.kernels, triton or mosaic (Hopper+); null: XLA",
                            _fused_kernel),
+    "model.network": ("model network only: the user's network, 'path/to/file.py:function' or "
+                      "'package.module:function' (recorded; imported only from --network)",
+                      None),
     "train.batch_size": ("minibatch size, > 0", _positive),
     "train.max_epochs": ("epochs per training, > 0", _positive),
     "train.patience": ("epochs without holdout improvement before stopping, > 0", _positive),
@@ -276,10 +279,11 @@ def check_cross_fields(config: "cfg.RunConfig") -> List[str]:
         if mode == "optimistic" and k < 2:
             problems.append(f"propagation 'optimistic' needs >= 2 function draws, {source} "
                             f"gives {k}")
-    try:
-        cfg.check_fused_kernel(model)
-    except ValueError as e:
-        problems.append(str(e).rstrip("."))
+    for check in (cfg.check_fused_kernel, cfg.check_network):
+        try:
+            check(model)
+        except ValueError as e:
+            problems.append(str(e).rstrip("."))
     return problems
 
 

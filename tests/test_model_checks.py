@@ -117,7 +117,7 @@ def test_non_finite_data_is_refused_where_it_enters():
             "next_obs": np.zeros((6, D), np.float32), "reward": np.zeros(6, np.float32)}
     data["reward"][2] = np.nan
     one_line_error(lambda: models.train(model, params, data, KEY, max_epochs=1),
-                   "Training data field 'reward' contains NaN or inf")
+                   "reward contains NaN or inf")
     assert len(buffer) == 0
 
 
