@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from agents import config as cfg
 
 # A rule takes the field's value (already of the right type) and returns what is wrong, or None.
@@ -185,10 +187,11 @@ def _type_problem(value: Any, hint: Any) -> Optional[str]:
                 _type_problem(v, inner) for v in value):
             return f"must be a list of {_describe(inner, plural=True)}, got {value!r}"
         return None
-    checks = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    checks = {  # numpy scalars (from a search's samplers) count as numbers
+        bool: lambda v: isinstance(v, (bool, np.bool_)),
+        int: lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float, np.integer, np.floating))
+        and not isinstance(v, bool),
         str: lambda v: isinstance(v, str),
     }
     if hint in checks and not checks[hint](value):

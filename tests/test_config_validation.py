@@ -175,3 +175,14 @@ def test_unknown_keys_still_refused(tmp_path, capsys):
 def test_configs_written_before_the_kernels_had_names_still_load(old):
     config = RunConfig.from_dict(tiny_with("model", fused_kernel=old))
     assert config.validate() is config and config.model.fused_kernel == old
+
+
+def test_numpy_scalars_count_as_numbers():
+    import numpy as np
+
+    config = RunConfig.from_dict(tiny_with("planner", horizon=np.int64(5)))
+    config.train.learning_rate = np.float32(1e-3)
+    assert config.validate() is config and config.planner.horizon == 5
+    config.planner.horizon = np.float64(5.0)
+    with pytest.raises(ValueError, match="planner.horizon must be a whole number"):
+        config.validate()
