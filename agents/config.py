@@ -136,44 +136,11 @@ class RunConfig:
     planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
 
     def validate(self) -> "RunConfig":
-        """Raises a one-line ValueError for values no run can use."""
-        import envs  # registry lookups only
+        """Returns ``self``, or raises a one-line ValueError naming every field no run can use;
+        see ``agents.validation``."""
+        from agents.validation import validate_config
 
-        if self.env not in envs.names():
-            raise ValueError(f"Unknown env {self.env!r}; known: {', '.join(envs.names())}.")
-        from mbrl_bayes.models.gaussian import ACTIVATIONS
-        from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
-        from mbrl_bayes.models.variational import ESTIMATORS
-        from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
-
-        _check_choice("agent", self.agent, AGENT_NAMES)
-        _check_choice("model", self.model.name, MODEL_NAMES)
-        _check_choice("optimizer", self.planner.optimizer, tuple(OPTIMIZERS))
-        _check_choice("propagation", self.planner.propagation, PROPAGATIONS)
-        _check_choice("early_stopping", self.train.early_stopping, tuple(EARLY_STOPPING_SCORES))
-        _check_choice("estimator", self.model.estimator, tuple(ESTIMATORS))
-        _check_choice("activation", self.model.activation, tuple(ACTIVATIONS))
-        if self.trials <= 0:
-            raise ValueError(f"trials must be a positive number, got {self.trials}.")
-        if self.seed_steps < 0:
-            raise ValueError(f"seed_steps must be >= 0, got {self.seed_steps}.")
-        if self.episode_length is not None and self.episode_length <= 0:
-            raise ValueError(f"episode_length must be positive, got {self.episode_length}.")
-        positive = {
-            "horizon": self.planner.horizon, "population": self.planner.population,
-            "elites": self.planner.elites, "iterations": self.planner.iterations,
-            "num_particles": self.planner.num_particles,
-            "ensemble_size": self.model.ensemble_size, "batch_size": self.train.batch_size,
-            "max_epochs": self.train.max_epochs,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}.")
-        if self.planner.elites > self.planner.population:
-            raise ValueError("elites must not exceed population.")
-        check_fused_kernel(self.model)
-        check_network(self.model)
-        return self
+        return validate_config(self)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> Dict[str, Any]:
@@ -196,11 +163,6 @@ class RunConfig:
 
 
 T = TypeVar("T")
-
-
-def _check_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}; known: {', '.join(choices)}.")
 
 
 def _from_dict(cls: Type[T], data: Dict[str, Any]) -> T:

@@ -61,13 +61,14 @@ class Run:
         folder = RunFolder(out_dir)
         config = folder.load_config()
         if trials is not None:
-            if trials < 0:
+            if trials < 1:
                 raise RunError(f"trials must be positive, got {trials}.")
-            config.trials = max(trials, 1)
-            folder.save_config(config)
+            config.trials = trials
         run = cls(out_dir, config, network)
-        if not folder.holds_run():
-            return run  # killed before the seed data was saved: start afresh
+        if not folder.holds_run():  # killed before the seed data was saved: start afresh
+            if trials is not None:
+                folder.save_config(config)
+            return run
         state = folder.load_state()
         run.trials_done = int(state["trials_done"])
         buffer = folder.load_buffer()
@@ -81,6 +82,8 @@ class Run:
         if run.agent.params is None and run.trials_done > 0:
             run.agent.params = folder.load_params()
         run.rows = folder.read_rows()[: run.trials_done + 1]
+        if trials is not None:  # only once the whole folder has been read back
+            folder.save_config(config)
         return run
 
     def _commit(self) -> None:

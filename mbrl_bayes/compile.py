@@ -12,7 +12,8 @@ does not touch the user's global ``XLA_FLAGS`` nor any other computation; numeri
 On the same CPUs, the models' products (``[5, 2000, 200] x [5, 200, 200]`` per hidden layer and
 step) run faster through XLA:CPU's own dot kernels than through the YNNPACK fusions that jax 0.10
 uses by default; ``xla_cpu_experimental_ynn_fusion_type=""`` selects the former for the toolkit's
-jitted functions only. Measured A/B in one process (``benchmarks/planning.py``'s model): pets_halfcheetah 1.153 -> 1.081 s per action, pets_cartpole 0.372 -> 0.340 s; training
+jitted functions only. Measured A/B in one process (``benchmarks/planning.py``'s model):
+pets_halfcheetah 1.153 -> 1.081 s per action, pets_cartpole 0.372 -> 0.340 s; training
 (``benchmarks/training.py``) 193,000 -> 206,000 and 214,000 -> 226,000 samples/s. Each CPU option
 is probed once (a scalar function compiled with it); a jaxlib that rejects one does without it.
 

@@ -1,6 +1,7 @@
 """Dynamics models as posteriors over transition functions (see ``base.DynamicsModel``)."""
 
 from mbrl_bayes.models.base import DynamicsModel, Transition
+from mbrl_bayes.models.checks import check_model
 from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
@@ -21,6 +22,7 @@ __all__ = [
     "Transition",
     "VariationalLSTM",
     "VariationalMLP",
+    "check_model",
     "gaussian_nll",
     "train",
 ]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.ensemble import apply_stacked_mlp, init_stacked_mlp
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
@@ -64,6 +65,7 @@ class MCDropoutMLP(GaussianDynamics):
         split = self.target_dim if self.probabilistic else None
         return apply_stacked_mlp(net, x, self.activation, masks=fns["masks"], split=split)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         return {"masks": self._masks(key, k, 1)}
 

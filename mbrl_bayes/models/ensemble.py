@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 
@@ -138,6 +139,7 @@ class ProbabilisticEnsemble(GaussianDynamics):
         split = self.target_dim if self.probabilistic else None
         return apply_stacked_mlp(fns["layers"], x, self.activation, split=split)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         """Weights of ``k`` members, ``{'layers': [{'w': [k, in, out], 'b': [k, out]}, ...],
         'member': [k]}``: the elites tiled if ``k`` is a multiple of ``num_elites``, else ``k``

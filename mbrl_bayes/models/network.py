@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 PureNetwork = Tuple[Callable[..., Any], Callable[..., Any]]  # (init, apply)
@@ -189,6 +190,7 @@ class NetworkDynamics(GaussianDynamics):
         mean, raw_logvar = self._outputs(self._per_draw(self._apply, net, fns, x))
         return mean if raw_logvar is None else (mean, raw_logvar)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         if self.ensemble_size is None:
             return {"key": jax.random.split(key, k)}

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mbrl_bayes.compile import jit
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
+from mbrl_bayes.models.checks import check_finite
 from mbrl_bayes.planning.optimizers import TrajectoryOptimizer
 from mbrl_bayes.planning.rollout import (
     RewardFn,
@@ -209,8 +210,7 @@ class MPC:
 
     # ------------------------------------------------------------------ internals
     def _check_obs(self, state: MPCState, obs: Any, allow_batch: bool = True) -> Optional[int]:
-        if isinstance(obs, np.ndarray) and not np.all(np.isfinite(obs)):
-            raise ValueError("MPC: obs contains NaN or inf values.")
+        check_finite("MPC: obs", obs)  # numpy or jax arrays, where the data enters
         shape = np.shape(obs)
         d = self.model.obs_dim
         if len(shape) not in ((1, 2) if allow_batch else (1,)) or shape[-1] != d:
