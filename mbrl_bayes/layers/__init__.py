@@ -15,6 +15,14 @@ inside a model) applies each of the k weight draws to its m rows as one matrix p
 from mbrl_bayes.layers.collection import losses
 from mbrl_bayes.layers.conv import Conv2DFlipout, Conv2DReparameterization
 from mbrl_bayes.layers.dense import DenseFlipout, DenseReparameterization
+from mbrl_bayes.layers.gp import (
+    GPFunction,
+    SparseGaussianProcess,
+    SparseGPPosterior,
+    SparseGPPredictive,
+    TrainableMultivariateNormalTriL,
+    WhitenedKLDivergence,
+)
 from mbrl_bayes.layers.initializers import (
     TrainableDeterministic,
     TrainableGlorotNormal,
@@ -46,6 +54,12 @@ __all__ = [
     "BayesianLSTMState",
     "Conv2DReparameterization",
     "Conv2DFlipout",
+    "SparseGaussianProcess",
+    "SparseGPPredictive",
+    "SparseGPPosterior",
+    "GPFunction",
+    "TrainableMultivariateNormalTriL",
+    "WhitenedKLDivergence",
     "TrainableInitializer",
     "TrainableNormal",
     "TrainableHeNormal",
