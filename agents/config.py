@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
-MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "vlstm", "dropout")
+MODEL_NAMES = ("pe", "de", "p", "d", "vmlp", "vlstm", "dropout", "gp", "dgp")
 AGENT_NAMES = ("pets", "thompson", "random")
 OPTIMIZER_NAMES = ("cem", "icem", "mppi", "random_shooting")
 PROPAGATION_NAMES = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
@@ -22,6 +22,8 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
+    ``gp``: sparse variational GP dynamics (``num_inducing`` inducing points per output);
+    ``dgp``: deep GP of ``dgp_depth`` layers (``hidden_sizes``/``activation`` do not apply).
     ``fused_kernel`` (``pe``/``de``/``p``/``d`` on a GPU): ``"step"`` (or ``true``) plans with
     each step's network run as one Pallas/Triton kernel, ``"horizon"`` with each rollout's whole
     horizon as one kernel launch (``ts_inf``/``thompson``/``optimistic``; the other propagation
@@ -42,6 +44,8 @@ class ModelConfig:
     lstm_size: int = 64
     sequence_length: int = 10
     fused_kernel: bool | str = False
+    num_inducing: int = 128
+    dgp_depth: int = 2
 
 
 FUSED_KERNELS = ("step", "horizon", "mosaic")
@@ -144,11 +148,13 @@ class RunConfig:
             "elites": self.planner.elites, "iterations": self.planner.iterations,
             "num_particles": self.planner.num_particles,
             "ensemble_size": self.model.ensemble_size, "batch_size": self.train.batch_size,
-            "max_epochs": self.train.max_epochs,
+            "max_epochs": self.train.max_epochs, "num_inducing": self.model.num_inducing,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")
+        if self.model.dgp_depth < 2:
+            raise ValueError(f"dgp_depth must be >= 2, got {self.model.dgp_depth}.")
         if self.planner.elites > self.planner.population:
             raise ValueError("elites must not exceed population.")
         check_fused_kernel(self.model)

@@ -52,6 +52,10 @@ def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int) -> Any:
     if cfg.name == "vmlp":
         return models.VariationalMLP(**common, estimator=cfg.estimator,
                                      prior_stddev=cfg.prior_stddev)
+    if cfg.name in ("gp", "dgp"):
+        return models.GaussianProcessDynamics(
+            obs_dim=obs_dim, act_dim=act_dim, num_inducing=cfg.num_inducing,
+            depth=1 if cfg.name == "gp" else cfg.dgp_depth, learn_reward=cfg.learn_reward)
     raise ValueError(f"Unknown model {cfg.name!r}.")
 
 

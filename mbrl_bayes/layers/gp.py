@@ -48,7 +48,7 @@ from mbrl_bayes.layers.regularizers import Regularizer, RegularizerLike, get_reg
 
 KERNELS = ("squared_exponential", "matern52")
 MEAN_FUNCTIONS = ("zero", "linear", "identity")
-_KERNEL_ALIASES = {"se": "squared_exponential", "rbf": "squared_exponential",
+KERNEL_ALIASES = {"se": "squared_exponential", "rbf": "squared_exponential",
                    "squared_exponential": "squared_exponential", "matern52": "matern52"}
 
 
@@ -353,7 +353,7 @@ class SparseGaussianProcess(BayesianModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SparseGaussianProcess {what} must be a positive int, got "
                                  f"{value!r}.")
-        if kernel not in _KERNEL_ALIASES:
+        if kernel not in KERNEL_ALIASES:
             raise ValueError(f"Unknown kernel {kernel!r}; known: {', '.join(KERNELS)}.")
         if mean_function not in MEAN_FUNCTIONS:
             raise ValueError(f"Unknown mean_function {mean_function!r}; known: "
@@ -365,7 +365,7 @@ class SparseGaussianProcess(BayesianModule):
             check_positive(lengthscale_init, "SparseGaussianProcess lengthscale_init")
         self.units = units
         self.num_inducing = num_inducing
-        self.kernel = _KERNEL_ALIASES[kernel]
+        self.kernel = KERNEL_ALIASES[kernel]
         self.mean_function = mean_function
         self.num_features = num_features
         self.lengthscale_init = lengthscale_init
