@@ -12,6 +12,7 @@ dynamics, and seconds per action. Resumable (exact episodes are cached in ``OUT/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Dict
@@ -39,6 +40,14 @@ def _model(name: str) -> Variant:
 
 
 VARIANTS: Dict[str, Variant] = {"GP": _model("gp"), "PE": _model("pe"), "DGP": _model("dgp")}
+
+
+def small(config: RunConfig) -> RunConfig:
+    """A 2-core budget for the planner (population 100, 10 elites, 3 iterations, 10 particles),
+    the same for every variant and for the exact dynamics."""
+    config.planner = dataclasses.replace(config.planner, population=100, elites=10,
+                                         iterations=3, num_particles=10)
+    return config
 
 
 class ExactDynamics:
@@ -93,12 +102,20 @@ def exact_episode(config: RunConfig, trial: int) -> dict:
     return {"return": out["return"], "seconds_per_action": out["seconds_plan"] / out["steps"]}
 
 
+def _then_small(variant: Variant) -> Variant:
+    return lambda config: small(variant(config))
+
+
 def main(argv=None) -> str:
     parser = base_parser(__doc__.split("\n")[0], ["pendulum"])
     parser.set_defaults(budget="preset", variants=["GP", "PE"])
+    parser.add_argument("--small-planner", action="store_true",
+                        help="plan with population 100 x 3 iterations, 10 particles (see small)")
     args = parser.parse_args(argv)
     trials = {env: args.trials or 1 for env in args.envs}
     variants = select(VARIANTS, args.variants)
+    if args.small_planner:
+        variants = {label: _then_small(v) for label, v in variants.items()}
     grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
                     progress=not args.quiet)
     budgets = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
@@ -114,6 +131,8 @@ def main(argv=None) -> str:
         for i, seed in enumerate(args.seeds):
             config = budgets[args.budget](preset_config(env))
             config.seed = seed
+            if args.small_planner:
+                config = small(config)
             path = os.path.join(args.out, "exact", f"{env}-s{seed}-t{trial}.json")
             if not os.path.exists(path):
                 print(f"== {env} exact dynamics seed {seed}", flush=True)

@@ -30,12 +30,12 @@ def pendulum_data(n, seed):
 
 @functools.lru_cache(maxsize=None)
 def trained(depth=1):
-    model = models.GaussianProcessDynamics(obs_dim=3, act_dim=1, num_inducing=M, depth=depth,
-                                           num_features=64)
+    model = models.GaussianProcessDynamics(obs_dim=3, act_dim=1, num_inducing=M // depth,
+                                           depth=depth, num_features=64)
     data = pendulum_data(160, 0)
     params = model.init(jax.random.PRNGKey(0), data["obs"][:1], data["act"][:1])
     params, history = models.train(model, params, data, jax.random.PRNGKey(1), batch_size=32,
-                                   max_epochs=4, patience=4, learning_rate=1e-2)
+                                   max_epochs=4 // depth, patience=4, learning_rate=1e-2)
     return model, params, history
 
 
@@ -155,7 +155,7 @@ def test_agent_builds_gp_models(name, depth):
     assert isinstance(build_agent(config.validate()), PETSAgent)
 
 
-def test_cli_trains_a_dgp_run(tmp_path):
+def test_cli_trains_a_gp_run(tmp_path):
     from agents import read_metrics
     from experiments.cli import main
     from experiments.common import tiny
@@ -165,7 +165,19 @@ def test_cli_trains_a_dgp_run(tmp_path):
     path = str(tmp_path / "config.json")
     config.save(path)
     out = str(tmp_path / "run")
-    assert main(["train", "--config", path, "--model", "dgp", "--out", out, "--quiet"]) == 0
+    assert main(["train", "--config", path, "--model", "gp", "--out", out, "--quiet"]) == 0
     rows = read_metrics(out)
     assert rows[-1]["trial"] == 1 and np.isfinite(rows[-1]["return"])
-    assert RunConfig.load(f"{out}/config.json").model.name == "dgp"
+    assert RunConfig.load(f"{out}/config.json").model.name == "gp"
+
+
+def test_calibration_has_gp_rows(tmp_path):
+    from experiments import calibration
+
+    text = calibration.main(["--envs", "pendulum", "--seeds", "0", "--models", "GP",
+                             "--train-episodes", "2", "--test-episodes", "1",
+                             "--episode-length", "20", "--max-epochs", "2", "--horizon", "4",
+                             "--out", str(tmp_path)])
+    row = [line for line in text.splitlines() if line.startswith("| GP |")][0]
+    coverage90 = float(row.split("|")[5])
+    assert 0.5 <= coverage90 <= 1.0, row

@@ -236,3 +236,67 @@ def test_predictive_std_grows_to_the_prior_far_from_data():
     assert std[0] < 0.2 * prior_std
     assert std[0] < std[1] < std[2] <= std[3] + 1e-6
     np.testing.assert_allclose(std[3], prior_std, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- README example
+# The poster's deep GP in Haiku, as given for the README quickstart (NOTES_FOR_LEAD.md holds the
+# same text; once it is in README.md, test_readme_examples runs it there too).
+DEEP_GP_EXAMPLE = '''\
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbrl_bayes import layers as bl
+
+
+def loss_fn(features, labels, dataset_size):
+    model = hk.Sequential([
+        hk.Flatten(),
+        bl.SparseGaussianProcess(units=16, num_inducing=8),  # the poster: 256 units, 512 points
+        bl.SparseGaussianProcess(units=16, num_inducing=8),
+        bl.SparseGaussianProcess(units=10, num_inducing=8),
+    ])
+    predictions = model(features)  # a distribution; inner layers: one pathwise function draw
+    nll = jnp.mean((labels - predictions.mean()) ** 2)
+    kl = sum(bl.losses())
+    return nll + kl / dataset_size
+
+
+loss = hk.transform(loss_fn)
+features = jax.random.normal(jax.random.PRNGKey(0), (64, 4, 4))
+labels = jax.nn.one_hot(jnp.arange(64) % 10, 10)
+params = loss.init(jax.random.PRNGKey(1), features, labels, 64)
+optimizer = optax.adam(1e-2)
+opt_state = optimizer.init(params)
+
+
+@jax.jit
+def update(params, opt_state, key):
+    value, grads = jax.value_and_grad(loss.apply)(params, key, features, labels, 64)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, value
+
+
+for step in range(30):
+    params, opt_state, value = update(params, opt_state, jax.random.PRNGKey(step))
+print(f"loss after 30 steps: {value:.3f}")
+'''
+
+
+def test_deep_gp_readme_example_runs_and_learns():
+    namespace = {"__name__": "readme"}
+    exec(compile(DEEP_GP_EXAMPLE, "deep GP example", "exec"), namespace)
+    first = namespace["loss"].apply(namespace["loss"].init(jax.random.PRNGKey(1),
+                                                           namespace["features"],
+                                                           namespace["labels"], 64),
+                                    jax.random.PRNGKey(0), namespace["features"],
+                                    namespace["labels"], 64)
+    assert float(namespace["value"]) < float(first)
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "NOTES_FOR_LEAD.md"):
+        path = root / doc
+        if path.exists() and "bl.SparseGaussianProcess(units=16" in path.read_text():
+            assert DEEP_GP_EXAMPLE in path.read_text(), f"{doc}'s deep GP example differs"
