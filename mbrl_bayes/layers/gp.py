@@ -293,13 +293,14 @@ class SparseGaussianProcess(BayesianModule):
         pred = model(x)                     # inner layers: one function draw each
         loss = nll(pred.mean(), y) + sum(bl.losses()) / dataset_size
 
-    Structure of ``q(v)`` (the whitened inducing outputs): independent per output, each over
-    its M inducing values; full covariance by default (``TrainableMultivariateNormalTriL``:
-    ``U * M * (M + 1)`` floats used, ``U * M * (M + 1)`` stored as loc + a square factor, i.e.
-    at 256 units x 512 inducing points 67.2 M floats = 269 MB in float32, plus Adam's two
-    moments), or diagonal with ``inducing_outputs_initializer=bl.TrainableNormal(...)``
-    (``2 U M`` floats: 262 k = 1 MB at that size). Kernel hyperparameters and ``Z`` are shared
-    by the outputs (``M * D`` + ``D + 1`` floats), as in Salimbeni & Deisenroth.
+    Structure of ``q(v)`` (the whitened inducing outputs): independent per output, each a normal
+    over its M inducing values with its own full covariance by default
+    (``TrainableMultivariateNormalTriL``): stored as loc [U, M] + a square factor [U, M, M]
+    (upper triangle unused), ``U * M * (M + 1)`` floats; at the poster's 256 units x 512
+    inducing points that is 67.2 M floats = 269 MB in float32 (33.7 M free parameters), plus
+    Adam's two moments. Diagonal with ``inducing_outputs_initializer=bl.TrainableNormal(...)``:
+    ``2 U M`` floats, 262 k = 1 MB at that size. ``Z`` and the kernel hyperparameters are shared
+    by the outputs (``M * D + D + 1`` floats), as in Salimbeni & Deisenroth.
 
     Parameters: ``inducing_inputs`` [M, D], ``raw_lengthscale`` [D], ``raw_variance`` []
     (softplus), ``inducing_outputs_loc`` [U, M] and ``inducing_outputs_scale_tril``

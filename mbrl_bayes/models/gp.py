@@ -41,6 +41,18 @@ class GaussianProcessDynamics(GaussianDynamics):
 
     Inducing inputs start at ``num_inducing`` rows of the first training set (standardized),
     placed by the first ``fit_stats`` (which ``models.train`` calls); afterwards they are learned.
+    Every ``fit_stats`` also sets the output GPs' ``q(v)`` to its closed-form optimum on the
+    training set (``optimal_inducing_outputs``), so each retraining starts from the SGPR
+    posterior of the current kernels; Adam then tunes kernels, ``Z``, noise and ``q(v)``.
+
+    A function draw uses ``num_features`` (256) random Fourier features per layer. The noise
+    variance (standardized units) is floored at ``noise_floor`` (the lower log-variance bound of
+    ``GaussianDynamics``, here fixed: ``logvar_bound_penalty = 0``), and the kernel matrices at
+    the layers' jitter, so noise-free dynamics data does not break a Cholesky in float32.
+
+    From ``GaussianDynamics`` it uses the standardization (``fit_stats``, ``inputs_targets``,
+    ``standardized_targets``), ``transition``/``step``, ``predict``/``predict_moments`` (a mixture
+    over pathwise draws) and ``evaluate``.
 
     Params: ``{'net': {'gp': haiku params, 'raw_noise': [t]}, 'logvar_bounds', 'stats'}``.
     """
@@ -61,10 +73,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         noise_init: float = 1e-2,
         noise_floor: float = 1e-6,
         num_eval_draws: int = 8,
-        hidden_sizes: Any = None,  # accepted for a uniform constructor; a GP has no hidden layers
-        activation: Any = None,
     ):
-        del hidden_sizes, activation
         if kernel not in KERNEL_ALIASES:
             raise ValueError(f"Unknown kernel {kernel!r}; known: {', '.join(KERNEL_ALIASES)}.")
         if isinstance(num_inducing, bool) or int(num_inducing) < 1:
