@@ -119,6 +119,28 @@ def test_mpc_plans_with_every_propagation(propagation):
     assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
 
 
+def test_deep_gp_draws_compose():
+    """Without training: after fit_stats the deep GP's mean draw (inner layers near the
+    identity) already predicts, and its draws are fixed functions of the rows."""
+    model = models.GaussianProcessDynamics(obs_dim=3, act_dim=1, num_inducing=M, depth=2,
+                                           num_features=64)
+    data = pendulum_data(120, 0)
+    params = model.fit_stats(model.init(jax.random.PRNGKey(0), data["obs"][:1],
+                                        data["act"][:1]), data)
+    test = pendulum_data(8, 5)
+    fns = model.sample_functions(params, jax.random.PRNGKey(1), 2)
+    obs, act = (jnp.broadcast_to(test[n], (2,) + test[n].shape) for n in ("obs", "act"))
+    out = model.transition(params, fns, jax.random.PRNGKey(2), obs, act, sample_noise=False)
+    head = model.transition(params, fns, jax.random.PRNGKey(3), obs[:, :3], act[:, :3],
+                            sample_noise=False)
+    np.testing.assert_allclose(head.next_obs, out.next_obs[:, :3], atol=1e-4)
+    mean = model.transition(params, model.mean_function(params), jax.random.PRNGKey(4),
+                            obs[:1], act[:1], sample_noise=False).next_obs[0]
+    err = np.asarray(mean - test["next_obs"])
+    assert np.sqrt(np.mean(err[:, 2] ** 2)) < 0.5 * np.std(test["next_obs"][:, 2])
+
+
+@pytest.mark.slow
 def test_deep_gp_trains_and_draws_compose():
     model, params, history = trained(depth=2)
     assert set(params["net"]["gp"]) == {"inner_0", "output_0", "output_1", "output_2"}
@@ -155,6 +177,7 @@ def test_agent_builds_gp_models(name, depth):
     assert isinstance(build_agent(config.validate()), PETSAgent)
 
 
+@pytest.mark.slow
 def test_cli_trains_a_gp_run(tmp_path):
     from agents import read_metrics
     from experiments.cli import main
@@ -171,6 +194,7 @@ def test_cli_trains_a_gp_run(tmp_path):
     assert RunConfig.load(f"{out}/config.json").model.name == "gp"
 
 
+@pytest.mark.slow
 def test_calibration_has_gp_rows(tmp_path):
     from experiments import calibration
 
