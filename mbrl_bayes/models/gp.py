@@ -37,9 +37,9 @@ class GaussianProcessDynamics(GaussianDynamics):
     ``loss`` is the negative ELBO per data point: minus the expected Gaussian log-likelihood of
     the minibatch (summed over target dims, averaged over rows; for a deep GP with the inner
     layers sampled once per minibatch) plus ``KL / N`` with ``N = params['stats']['num_data']``;
-    its metrics add ``nll``, the Gaussian NLL of the predictive ``N(mean, var_f + noise)`` in the
-    convention of ``VariationalMLP`` (0.5 * (err^2 / var + log var), summed over dims, averaged
-    over rows, standardized units).
+    its metrics add ``nll``, the Gaussian NLL of the predictive ``N(mean, var_f + noise)``: the
+    full negative log density (``0.5 * log(2 pi)`` included) summed over target dims, averaged
+    over rows, standardized units (main's ``models.likelihood.gaussian_nll`` convention).
 
     Inducing inputs start at ``num_inducing`` rows of the first training set (standardized),
     placed by the first ``fit_stats`` (which ``models.train`` calls); afterwards they are learned.
@@ -286,9 +286,10 @@ class GaussianProcessDynamics(GaussianDynamics):
         noise_logvar = self._bounded_logvar(params, params["net"]["raw_noise"])
         noise = jnp.exp(noise_logvar)
         sq_err = jnp.square(mean - target)
-        expected_nll = 0.5 * ((sq_err + var_f) / noise + noise_logvar).sum(-1).mean()
+        log_2pi = float(np.log(2.0 * np.pi))
+        expected_nll = 0.5 * ((sq_err + var_f) / noise + noise_logvar + log_2pi).sum(-1).mean()
         total_var = var_f + noise
-        nll = 0.5 * (sq_err / total_var + jnp.log(total_var)).sum(-1).mean()
+        nll = 0.5 * (sq_err / total_var + jnp.log(total_var) + log_2pi).sum(-1).mean()
         num_data = jnp.maximum(stats["num_data"], 1).astype(jnp.float32)
         loss = expected_nll + kl / num_data + self.logvar_penalty(params)
         return loss, {"nll": nll, "mse": sq_err.mean(), "kl": kl, "expected_nll": expected_nll}
