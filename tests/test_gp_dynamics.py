@@ -128,6 +128,11 @@ def test_contract_shapes_and_fixed_functions():
     dist = model.predict(params, jax.random.PRNGKey(6), data["obs"], data["act"])
     assert dist.batch_shape == (2 * m,) and dist.event_shape == (3,)
     assert np.all(np.isfinite(dist.log_prob(data["next_obs"])))
+    # Over many pathwise draws the predictive mixture has the analytic moments.
+    many = model.predict(params, jax.random.PRNGKey(7), data["obs"], data["act"], num_draws=400)
+    mean, var = model.predictive_moments(params, data["obs"], data["act"])
+    np.testing.assert_array_less(np.abs(many.mean() - mean), 4.0 * np.sqrt(var / 400) + 1e-4)
+    np.testing.assert_allclose(many.variance(), var, rtol=0.25)
 
 
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean", "optimistic"])
