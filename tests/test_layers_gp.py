@@ -145,6 +145,7 @@ def test_deep_gp_composes_inner_samples_pathwise_and_posterior_mean_needs_no_rng
         np.testing.assert_allclose(mean_out, expected.apply(params, None, h.mean()), atol=1e-5)
 
 
+@pytest.mark.slow  # the README example test runs the same stack by default
 def test_poster_deep_gp_shapes():
     def f(x):
         model = hk.Sequential([hk.Flatten(), bl.SparseGaussianProcess(6, 4),
