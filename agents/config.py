@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 # dispatches on them. Optimizer, propagation, early-stopping, estimator and activation names live
 # with what they name (``planning.OPTIMIZERS``, ``planning.PROPAGATIONS``, ...).
 ENSEMBLE_MODEL_NAMES = ("pe", "de", "p", "d")  # the PETS variants
-MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout", "network")
+MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout", "network", "gp", "dgp")
 AGENT_NAMES = ("pets", "thompson", "random")
 
 
@@ -24,6 +24,8 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
+    ``gp``: sparse variational GP dynamics (``num_inducing`` inducing points per output);
+    ``dgp``: deep GP of ``dgp_depth`` layers (``hidden_sizes``/``activation`` do not apply).
     ``network``: ``models.NetworkDynamics`` of the user's network named by ``network``
     (``"path/to/file.py:function"`` or ``"package.module:function"``); the run records the
     name but never imports it by itself: whoever builds the model passes the function
@@ -46,6 +48,8 @@ class ModelConfig:
     sequence_length: int = 10
     fused_kernel: Optional[str] = None
     network: Optional[str] = None
+    num_inducing: int = 128
+    dgp_depth: int = 2
 
 
 # The Pallas backends a model may plan with (``mbrl_bayes.kernels.BACKENDS``, which is imported

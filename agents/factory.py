@@ -77,6 +77,12 @@ def _network(cfg: ModelConfig, common: dict) -> Any:
                                   act_dim=common["act_dim"], learn_reward=cfg.learn_reward)
 
 
+def _gaussian_process(cfg: ModelConfig, common: dict) -> Any:
+    return models.GaussianProcessDynamics(
+        obs_dim=common["obs_dim"], act_dim=common["act_dim"], num_inducing=cfg.num_inducing,
+        depth=1 if cfg.name == "gp" else cfg.dgp_depth, learn_reward=cfg.learn_reward)
+
+
 def load_network(spec: str) -> Any:
     """Imports the network named by ``spec``: ``"path/to/file.py:name"`` (a file, run as a
     module) or ``"package.module:name"`` (``name`` may be dotted); the object is what
@@ -128,6 +134,8 @@ MODEL_BUILDERS: Dict[str, Callable[[ModelConfig, dict], Any]] = {
     "vlstm": _variational_lstm,
     "dropout": _dropout,
     "network": _network,
+    "gp": _gaussian_process,
+    "dgp": _gaussian_process,
 }
 
 

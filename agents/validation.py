@@ -59,6 +59,10 @@ def _all_positive(values: Any) -> Optional[str]:
     return f"must hold positive numbers, got {list(values)}"
 
 
+def _at_least_two(value: Any) -> Optional[str]:
+    return None if value >= 2 else f"must be >= 2, got {value!r}"
+
+
 def _seed(value: int) -> Optional[str]:
     return None if 0 <= value < 2**63 else f"must be in [0, 2**63), got {value}"
 
@@ -113,7 +117,8 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "eval_calibration": ("score the model's calibration on each trial's episode (true/false)",
                          None),
     "model.name": ("dynamics model: pe, de, p, d (PETS ensembles), vmlp (variational MLP), "
-                   "vlstm (variational LSTM), dropout (MC dropout)",
+                   "vlstm (variational LSTM), dropout (MC dropout), network (your own, with "
+                   "--network), gp (sparse variational GP), dgp (deep GP)",
                    _choice("model", lambda: cfg.MODEL_NAMES)),
     "model.hidden_sizes": ("hidden layer widths, e.g. [200, 200, 200]", _all_positive),
     "model.ensemble_size": ("members of pe/de ensembles (p/d use 1), > 0", _positive),
@@ -135,6 +140,8 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "model.network": ("model network only: the user's network, 'path/to/file.py:function' or "
                       "'package.module:function' (recorded; imported only from --network)",
                       None),
+    "model.num_inducing": ("inducing points per output of gp/dgp, > 0", _positive),
+    "model.dgp_depth": ("GP layers of dgp, >= 2", _at_least_two),
     "train.batch_size": ("minibatch size, > 0", _positive),
     "train.max_epochs": ("epochs per training, > 0", _positive),
     "train.patience": ("epochs without holdout improvement before stopping, > 0", _positive),

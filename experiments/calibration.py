@@ -40,6 +40,8 @@ MODELS: Dict[str, ModelConfig] = {
     "variational MLP": ModelConfig(name="vmlp"),
     "MC-dropout": ModelConfig(name="dropout"),
     "variational LSTM": ModelConfig(name="vlstm"),
+    "GP": ModelConfig(name="gp"),
+    "deep GP": ModelConfig(name="dgp"),
 }
 
 

@@ -25,6 +25,14 @@ from mbrl_bayes.layers.ensemble import (
     current_member,
     ensemble_member,
 )
+from mbrl_bayes.layers.gp import (
+    GPFunction,
+    SparseGaussianProcess,
+    SparseGPPosterior,
+    SparseGPPredictive,
+    TrainableMultivariateNormalTriL,
+    WhitenedKLDivergence,
+)
 from mbrl_bayes.layers.initializers import (
     TrainableDeterministic,
     TrainableGlorotNormal,
@@ -61,6 +69,12 @@ __all__ = [
     "BayesianLSTMState",
     "Conv2DReparameterization",
     "Conv2DFlipout",
+    "SparseGaussianProcess",
+    "SparseGPPredictive",
+    "SparseGPPosterior",
+    "GPFunction",
+    "TrainableMultivariateNormalTriL",
+    "WhitenedKLDivergence",
     "TrainableInitializer",
     "TrainableNormal",
     "TrainableHeNormal",
