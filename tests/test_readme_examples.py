@@ -19,11 +19,11 @@ def _blocks():
     return re.findall(pattern, section, flags=re.DOTALL)
 
 
-def test_section_has_the_three_examples():
-    assert len(_blocks()) == 3
+def test_section_has_the_four_examples():
+    assert len(_blocks()) == 4
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_readme_example_runs(index):
     code = _blocks()[index]
     exec(compile(code, f"README.md[layers example {index}]", "exec"), {"__name__": "readme"})
