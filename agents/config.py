@@ -115,9 +115,11 @@ class PlannerConfig:
     alpha: float = 0.1
     num_particles: int = 20
     propagation: str = "ts_inf"
-    beta: float = 1.0  # optimism weight of the 'optimistic' propagation
+    beta: float = 1.0  # optimism weight of the 'optimistic' and 'hucrl' propagations
     noise_beta: float = 2.0  # iCEM colored-noise exponent
     temperature: float = 1.0  # MPPI
+    bonus: Optional[str] = None  # a key of planning.BONUSES (exploration bonus), or None
+    bonus_scale: float = 1.0  # its weight per step
 
 
 @dataclasses.dataclass
@@ -130,6 +132,7 @@ class RunConfig:
     trials: int = 10
     seed_steps: int = 200  # random-action steps collected before the first trial
     episode_length: Optional[int] = None  # None: the task's own horizon
+    action_repeat: int = 1  # env steps per agent step (envs.task(env, action_repeat))
     eval_calibration: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -141,10 +144,12 @@ class RunConfig:
 
         if self.env not in envs.names():
             raise ValueError(f"Unknown env {self.env!r}; known: {', '.join(envs.names())}.")
+        envs.task(self.env, action_repeat=self.action_repeat)  # one-line error if it has none
         from mbrl_bayes.models.gaussian import ACTIVATIONS
         from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
         from mbrl_bayes.models.variational import ESTIMATORS
         from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
+        from mbrl_bayes.planning.rollout import check_bonus
 
         _check_choice("agent", self.agent, AGENT_NAMES)
         _check_choice("model", self.model.name, MODEL_NAMES)
@@ -171,6 +176,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be positive, got {value}.")
         if self.planner.elites > self.planner.population:
             raise ValueError("elites must not exceed population.")
+        if self.agent != "random":
+            check_bonus(self.planner.bonus,
+                        "thompson" if self.agent == "thompson" else self.planner.propagation,
+                        self.planner.bonus_scale)
         check_fused_kernel(self.model)
         check_network(self.model)
         return self

@@ -189,3 +189,66 @@ def test_bad_exploration_settings_get_one_line_errors():
         rollout(model, P, model.sample_functions(P, None, 3), jnp.zeros(1), jnp.zeros((2, 3, 1)),
                 reward_fn, None, jax.random.PRNGKey(0), "hucrl")
     assert "hucrl" in planning.PROPAGATIONS and "disagreement" in planning.BONUSES
+
+
+# --- through the config, the factory and the CLI ------------------------------------------------
+
+TINY_MOUNTAINCAR = {
+    "env": "mountaincar", "agent": "pets", "seed": 0, "trials": 1, "seed_steps": 12,
+    "episode_length": 6, "action_repeat": 5, "eval_calibration": False,
+    "model": {"name": "pe", "hidden_sizes": [16], "ensemble_size": 2},
+    "train": {"batch_size": 8, "max_epochs": 2, "patience": 2},
+    "planner": {"optimizer": "cem", "horizon": 3, "population": 16, "elites": 4,
+                "iterations": 1, "num_particles": 4},
+}
+
+
+def test_cli_trains_hucrl_with_bonus_on_repeated_mountaincar(tmp_path):
+    """--propagation hucrl --beta --bonus --bonus-scale reach the MPC; the run steps the env
+    with the action held 5 steps, the very blocks the planner's reward and dynamics describe."""
+    import json
+
+    import envs
+    from agents import Run
+    from experiments.cli import main
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_MOUNTAINCAR))
+    out = str(tmp_path / "run")
+    assert main(["train", "--config", str(path), "--out", out, "--quiet", "--propagation",
+                 "hucrl", "--beta", "2.5", "--bonus", "disagreement", "--bonus-scale",
+                 "0.5"]) == 0
+    run = Run.resume(out)
+    planner = run.config.planner
+    assert (planner.propagation, planner.beta, planner.bonus, planner.bonus_scale) == (
+        "hucrl", 2.5, "disagreement", 0.5)
+    mpc = run.agent.mpc
+    assert (mpc.propagation, mpc.beta, mpc.bonus, mpc.bonus_scale) == (
+        "hucrl", 2.5, "disagreement", 0.5)
+    spec = envs.task("mountaincar", action_repeat=5)
+    assert run.spec is spec and mpc.reward_fn is spec.reward_fn
+    data = run.buffer.as_dict()
+    assert len(run.buffer) == 12 + 6
+    np.testing.assert_allclose(spec.dynamics_fn(data["obs"], data["act"]), data["next_obs"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(data["reward"], -0.5 * data["act"][:, 0] ** 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--agent", "thompson", "--bonus", "disagreement"], "not 'thompson'"),
+    (["--propagation", "ts_inf", "--bonus", "disagreement"], "not 'ts_inf'"),
+    (["--propagation", "mean", "--bonus", "disagreement", "--bonus-scale", "-1"],
+     "bonus_scale must be a finite number >= 0"),
+    (["--bonus", "curiosity"], "invalid choice: 'curiosity'"),
+    (["--env", "pendulum"], "Task 'pendulum' has no action_repeat"),
+])
+def test_cli_bad_exploration_flags_one_line(argv, message, tmp_path, capsys):
+    import json
+
+    from experiments.cli import main
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_MOUNTAINCAR))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
