@@ -14,6 +14,8 @@ unknown moves.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,3 +254,42 @@ def test_cli_bad_exploration_flags_one_line(argv, message, tmp_path, capsys):
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "r"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+# --- experiments/compare_exploration.py ---------------------------------------------------------
+
+
+def test_wilson_interval_closed_forms():
+    from experiments.compare_exploration import wilson_interval
+
+    z2 = 1.96**2
+    assert wilson_interval(0, 5) == pytest.approx((0.0, (z2 / 5) / (1 + z2 / 5)))  # 0.434
+    low, high = wilson_interval(5, 5)
+    assert high == pytest.approx(1.0) and low == pytest.approx(1 - (z2 / 5) / (1 + z2 / 5))
+    low, high = wilson_interval(2, 4)
+    assert low + high == pytest.approx(1.0) and 0.15 < low < 0.16  # symmetric about 1/2
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+
+
+def test_compare_exploration_tiny(tmp_path):
+    from experiments import compare_exploration
+
+    out = str(tmp_path / "explore")
+    argv = ["--envs", "mountaincar", "--seeds", "0", "--trials", "1", "--budget", "tiny",
+            "--variants", "disagreement", "random", "--out", out, "--quiet"]
+    text = compare_exploration.main(argv)
+    for label in ("disagreement", "random"):
+        assert f"| {label} | 1 |" in text  # the return table
+        # 10 blocks of 5 steps never reach the flag: 0 of 1 seeds, Wilson CI 0-0.79.
+        assert f"| {label} | 0/1 (0.00-0.79) | - | 0/1 |" in text
+    run_dir = os.path.join(out, "runs", "mountaincar", "disagreement", "s0")
+    assert compare_exploration.episode_successes(run_dir) == [False]
+    from agents import RunConfig
+
+    config = RunConfig.load(os.path.join(run_dir, "config.json"))
+    assert (config.planner.bonus, config.planner.bonus_scale, config.action_repeat) == (
+        "disagreement", 100.0, 5)
+    assert os.path.getsize(os.path.join(out, "curves_mountaincar.png")) > 1000
+    again = compare_exploration.main(argv)  # resumes: nothing left to run, same tables
+    assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
