@@ -13,7 +13,8 @@ An episode *succeeds* when it reaches the sparse reward: ``mountaincar`` when it
 before the time limit, the other tasks when its return is above 0 (reward 1 was earned at least
 once). ``OUT/results.md`` reports, per variant: the seeds that ever succeeded, with a Wilson 95%
 interval; the episodes (trials) to the first success; the success rate over all trials; seconds
-per action; plus the return curves and per-trial returns of ``experiments.common.summarize``.
+per action (median over trials); plus the return curves and per-trial returns of
+``experiments.common.summarize``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 import os
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 import envs
 from agents import RunConfig, read_metrics
@@ -90,7 +93,7 @@ def exploration_table(grid: Dict[str, Dict[str, List[str]]]) -> List[str]:
     for env, variants in grid.items():
         lines += [f"## {env}: sparse-reward success", "",
                   "| variant | seeds that succeeded (Wilson 95% CI) | episodes to first success "
-                  "(per seed) | episodes that succeeded | seconds per action |",
+                  "(per seed) | episodes that succeeded | seconds per action (median) |",
                   "|---|---|---|---|---|"]
         for label, run_dirs in variants.items():
             firsts, hits, total, seconds = [], 0, 0, []
@@ -103,10 +106,11 @@ def exploration_table(grid: Dict[str, Dict[str, List[str]]]) -> List[str]:
             ever = sum(f is not None for f in firsts)
             low, high = wilson_interval(ever, len(run_dirs))
             per_seed = ", ".join("-" if f is None else str(f) for f in firsts)
-            spa = f"{sum(seconds) / len(seconds):.3f}" if seconds else "-"
+            spa = f"{float(np.median(seconds)):.3f}" if seconds else "-"
             lines.append(f"| {label} | {ever}/{len(run_dirs)} ({low:.2f}-{high:.2f}) | "
                          f"{per_seed} | {hits}/{total} | {spa} |")
-        lines += ["", "(`-`: no success within the run's trials.)", ""]
+        lines += ["", "(`-`: no success within the run's trials. Seconds per action: median over "
+                  "the trials of all seeds, so the first trial's compile does not count.)", ""]
     return lines
 
 
