@@ -27,7 +27,16 @@ import numpy as np
 
 import envs
 from agents import RunConfig, read_metrics
-from experiments.common import Variant, base_parser, command_line, run_grid, select, summarize
+from agents.checkpoint import load_json
+from experiments.common import (
+    Grid,
+    Variant,
+    base_parser,
+    command_line,
+    run_grid,
+    select,
+    summarize,
+)
 from experiments.engine import engine_from_args
 
 SPARSE_TASKS = ("mountaincar", "cartpole_swingup_sparse", "pendulum_sparse")
@@ -114,13 +123,36 @@ def exploration_table(grid: Dict[str, Dict[str, List[str]]]) -> List[str]:
     return lines
 
 
+def finished_grid(out: str, envs_: Sequence[str], variants: Sequence[str],
+                  seeds: Sequence[int], trials: Dict[str, int]) -> Grid:
+    """The grid's runs that finished ``trials[env]`` trials, without running anything; the
+    others are listed in ``failed`` as not run (yet)."""
+    grid = Grid()
+    for env in envs_:
+        for label in variants:
+            for seed in seeds:
+                run_dir = os.path.join(out, "runs", env, label, f"s{seed}")
+                state = os.path.join(run_dir, "state.json")
+                if os.path.exists(state) and load_json(state)["trials_done"] >= trials[env]:
+                    grid.setdefault(env, {}).setdefault(label, []).append(run_dir)
+                else:
+                    grid.failed[f"{env} {label} seed {seed}"] = "not run (--report-only)"
+    return grid
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = base_parser(__doc__.split("\n")[0], list(SPARSE_TASKS))
     parser.set_defaults(budget="preset", seeds=[0, 1, 2, 3, 4])
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate the finished runs only; run nothing")
     args = parser.parse_args(argv)
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
-    grid = run_grid(args.out, select(VARIANTS, args.variants), args.envs, args.seeds, trials,
-                    args.budget, progress=not args.quiet, engine=engine_from_args(args))
+    variants = select(VARIANTS, args.variants)
+    if args.report_only:
+        grid = finished_grid(args.out, args.envs, list(variants), args.seeds, trials)
+    else:
+        grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
+                        progress=not args.quiet, engine=engine_from_args(args))
     text = summarize(args.out, "Exploration on sparse-reward tasks (PE model, CEM)",
                      command_line(), grid)
     text = "\n".join([text, *exploration_table(grid)])

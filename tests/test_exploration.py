@@ -293,6 +293,11 @@ def test_compare_exploration_tiny(tmp_path):
     assert os.path.getsize(os.path.join(out, "curves_mountaincar.png")) > 1000
     again = compare_exploration.main(argv)  # resumes: nothing left to run, same tables
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
+    # --report-only tabulates the finished runs and names the ones not run, running nothing.
+    report = compare_exploration.main(argv[:4] + ["2"] + argv[4:] + ["--report-only"])
+    assert "| random | 0/1 (0.00-0.79) | - | 0/1 |" in report
+    assert "- mountaincar random seed 2: not run (--report-only)" in report
+    assert not os.path.exists(os.path.join(out, "runs", "mountaincar", "random", "s2"))
 
 
 @pytest.mark.slow
