@@ -149,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
     variants = select(VARIANTS, args.variants)
     if args.report_only:
+        os.makedirs(args.out, exist_ok=True)
         grid = finished_grid(args.out, args.envs, list(variants), args.seeds, trials)
     else:
         grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
