@@ -154,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     else:
         grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
                         progress=not args.quiet, engine=engine_from_args(args))
-    text = summarize(args.out, "Exploration on sparse-reward tasks (PE model, CEM)",
+    text = summarize(args.out, "Exploration on sparse tasks (PE model, the presets' planner)",
                      command_line(), grid)
     text = "\n".join([text, *exploration_table(grid)])
     with open(os.path.join(args.out, "results.md"), "w") as f:
