@@ -119,9 +119,11 @@ class PlannerConfig:
     alpha: float = 0.1
     num_particles: int = 20
     propagation: str = "ts_inf"
-    beta: float = 1.0  # optimism weight of the 'optimistic' propagation
+    beta: float = 1.0  # optimism weight of the 'optimistic' and 'hucrl' propagations
     noise_beta: float = 2.0  # iCEM colored-noise exponent
     temperature: float = 1.0  # MPPI
+    bonus: Optional[str] = None  # a key of planning.BONUSES (exploration bonus), or None
+    bonus_scale: float = 1.0  # its weight per step
 
 
 @dataclasses.dataclass
@@ -134,6 +136,7 @@ class RunConfig:
     trials: int = 10
     seed_steps: int = 200  # random-action steps collected before the first trial
     episode_length: Optional[int] = None  # None: the task's own horizon
+    action_repeat: int = 1  # env steps per agent step (envs.task(env, action_repeat))
     eval_calibration: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -186,7 +186,7 @@ def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
     if config.agent not in AGENT_CLASSES:
         raise ValueError(f"Unknown agent {config.agent!r}; known: {', '.join(AGENT_NAMES)}.")
     cls = AGENT_CLASSES[config.agent]
-    spec = envs.task(config.env)
+    spec = envs.task(config.env, action_repeat=config.action_repeat)
     if not issubclass(cls, ModelBasedAgent):
         return cls(spec.action_low, spec.action_high)
     model = build_model(config.model, spec.obs_dim, spec.act_dim, network)
@@ -196,6 +196,7 @@ def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
         model, build_optimizer(config.planner), spec.reward_fn, spec.termination_fn,
         horizon=config.planner.horizon, action_low=spec.action_low,
         action_high=spec.action_high, num_particles=config.planner.num_particles,
-        propagation=propagation, beta=config.planner.beta,
+        propagation=propagation, beta=config.planner.beta, bonus=config.planner.bonus,
+        bonus_scale=config.planner.bonus_scale,
     )
     return cls(model, mpc, train_kwargs(config))

@@ -34,7 +34,7 @@ class Run:
         self.out_dir = out_dir
         self.folder = RunFolder(out_dir)
         self.config = config.validate()
-        self.spec = envs.task(config.env)
+        self.spec = envs.task(config.env, action_repeat=config.action_repeat)
         self.episode_length = config.episode_length or self.spec.episode_length
         self.agent = build_agent(config, network)  # network: model 'network' only
         capacity = max(config.seed_steps, 1) + config.trials * self.episode_length
@@ -92,7 +92,7 @@ class Run:
 
     def run(self, progress: bool = True, log: Callable[[str], None] = print) -> List[Dict]:
         """Runs (or continues) until ``config.trials`` trials are done; returns the rows."""
-        env = envs.make(self.config.env)
+        env = self.spec.make()
         try:
             if self.trials_done < 0:
                 self._seed_data(env, log)
@@ -104,7 +104,8 @@ class Run:
 
     def _seed_data(self, env: Any, log: Callable[[str], None]) -> None:
         cfg = self.config
-        random_agent = build_agent(RunConfig(env=cfg.env, agent="random"))
+        random_agent = build_agent(RunConfig(env=cfg.env, agent="random",
+                                             action_repeat=cfg.action_repeat))
         returns, episode = [], 0
         while len(self.buffer) < cfg.seed_steps:
             steps = min(self.episode_length, cfg.seed_steps - len(self.buffer))
@@ -163,7 +164,7 @@ def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = Fa
         raise RunError(f"{run_dir} has no trained model yet (no finished trial).")
     if run.config.agent != "random" and run.agent.params is None:
         raise CheckpointError(f"{run_dir}/{MODEL} is missing.")
-    env = envs.make(run.config.env)
+    env = run.spec.make()
     returns = []
     try:
         for i in range(episodes):

@@ -81,6 +81,12 @@ def _envs() -> Tuple[str, ...]:
     return tuple(envs.names())
 
 
+def _envs_module():
+    import envs
+
+    return envs
+
+
 def _activations() -> Tuple[str, ...]:
     from mbrl_bayes.models.gaussian import ACTIVATIONS
 
@@ -114,6 +120,8 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "trials": ("number of MPC trials (episodes after the seed data), > 0", _positive),
     "seed_steps": ("random-action steps collected before the first trial, >= 0", _non_negative),
     "episode_length": ("steps per trial; null: the task's own horizon", _optional(_positive)),
+    "action_repeat": ("env steps per agent step (each action held that long; tasks with a "
+                      "closed-form block reward only, e.g. mountaincar), >= 1", _positive),
     "eval_calibration": ("score the model's calibration on each trial's episode (true/false)",
                          None),
     "model.name": ("dynamics model: pe, de, p, d (PETS ensembles), vmlp (variational MLP), "
@@ -165,6 +173,10 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
                             "optimistic", _choice("propagation", lambda: _planning().PROPAGATIONS)),
     "planner.beta": ("optimism weight of the optimistic propagation (mean + beta * spread)",
                      None),
+    "planner.bonus": ("exploration bonus added to the planned return: disagreement (the "
+                      "spread of the function draws' predictions; with mean or hucrl) or null",
+                      _optional(_choice("bonus", lambda: tuple(_planning().BONUSES)))),
+    "planner.bonus_scale": ("weight of the exploration bonus per step, >= 0", _non_negative),
     "planner.noise_beta": ("icem colored-noise exponent, >= 0", _non_negative),
     "planner.temperature": ("mppi temperature, > 0", _positive),
 }
@@ -289,9 +301,16 @@ def check_cross_fields(config: "cfg.RunConfig") -> List[str]:
         if mode == "optimistic" and k < 2:
             problems.append(f"propagation 'optimistic' needs >= 2 function draws, {source} "
                             f"gives {k}")
-    for check in (cfg.check_fused_kernel, cfg.check_network):
+    checks = [lambda: cfg.check_fused_kernel(model), lambda: cfg.check_network(model),
+              lambda: _envs_module().task(config.env, action_repeat=config.action_repeat)]
+    if config.agent != "random":
+        mode = "thompson" if config.agent == "thompson" else planner.propagation
+        from mbrl_bayes.planning.rollout import check_bonus
+
+        checks.append(lambda: check_bonus(planner.bonus, mode, planner.bonus_scale))
+    for check in checks:
         try:
-            check(model)
+            check()
         except ValueError as e:
             problems.append(str(e).rstrip("."))
     return problems

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 from agents.config import AGENT_NAMES, FUSED_KERNELS, MODEL_NAMES
 from experiments.presets import preset_config
-from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
+from mbrl_bayes.planning import BONUSES, OPTIMIZERS, PROPAGATIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--propagation", choices=PROPAGATIONS,
                        help="how particles meet the model's function draws; default: the "
                             "preset's")
+    train.add_argument("--beta", type=float,
+                       help="optimism weight of --propagation optimistic / hucrl")
+    train.add_argument("--bonus", choices=tuple(BONUSES),
+                       help="intrinsic reward for exploring (with --propagation mean or hucrl)")
+    train.add_argument("--bonus-scale", type=float, help="weight of --bonus per step")
     train.add_argument("--trials", type=_positive_int, help="number of MPC trials")
     train.add_argument("--seed", type=int, help="random seed; default 0")
     train.add_argument("--horizon", type=_positive_int)
@@ -132,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides = [n for n in ("env", "agent", "model", "optimizer", "propagation", "seed",
                                  "horizon", "population", "elites", "particles", "config", "out",
-                                 "fused_kernel")
+                                 "fused_kernel", "beta", "bonus", "bonus_scale")
                      if getattr(args, n) is not None]
         if overrides:
             flag = overrides[0].replace("_", "-")
@@ -173,7 +178,8 @@ def _train(args: argparse.Namespace) -> int:
                              f"code is imported only from the command line: give --network.")
         for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
                            ("horizon", "horizon"), ("population", "population"),
-                           ("elites", "elites"), ("particles", "num_particles")):
+                           ("elites", "elites"), ("particles", "num_particles"), ("beta", "beta"),
+                           ("bonus", "bonus"), ("bonus_scale", "bonus_scale")):
             if getattr(args, flag) is not None:
                 setattr(config.planner, attr, getattr(args, flag))
         validate_config(config)  # the merged config, before anything is built

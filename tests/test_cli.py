@@ -158,7 +158,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
     ({"planner": {"optimizer": "nope"}}, "Unknown optimizer 'nope'; known: cem, icem, mppi, "
                                          "random_shooting."),
     ({"planner": {"propagation": "nope"}}, "Unknown propagation 'nope'; known: ts1, ts_inf, "
-                                           "mean, thompson, optimistic."),
+                                           "mean, thompson, optimistic, hucrl."),
     ({"train": {"early_stopping": "nope"}}, "Unknown early_stopping 'nope'; known: mse, nll."),
     ({"model": {"estimator": "nope"}}, "Unknown estimator 'nope'; known: reparameterization, "
                                        "flipout."),
