@@ -154,7 +154,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
 @pytest.mark.parametrize("changes, message", [
     ({"agent": "nope"}, "Unknown agent 'nope'; known: pets, thompson, random."),
     ({"model": {"name": "nope"}}, "Unknown model 'nope'; known: pe, de, p, d, vmlp, vlstm, "
-                                  "dropout, network."),
+                                  "dropout, network, gp, dgp."),
     ({"planner": {"optimizer": "nope"}}, "Unknown optimizer 'nope'; known: cem, icem, mppi, "
                                          "random_shooting."),
     ({"planner": {"propagation": "nope"}}, "Unknown propagation 'nope'; known: ts1, ts_inf, "
