@@ -169,16 +169,18 @@ FIELDS: Dict[str, Tuple[str, Optional[Rule]]] = {
     "planner.alpha": ("cem/icem smoothing of the refit (weight of the old mean), in [0, 1)",
                       _in_unit(low_open=False)),
     "planner.num_particles": ("particles per candidate, > 0", _positive),
-    "planner.propagation": ("how particles use function draws: ts1, ts_inf, mean, thompson or "
-                            "optimistic", _choice("propagation", lambda: _planning().PROPAGATIONS)),
-    "planner.beta": ("optimism weight of the optimistic propagation (mean + beta * spread)",
+    "planner.propagation": ("how particles use function draws: ts1, ts_inf, mean, thompson, "
+                            "optimistic or hucrl (optimism by hallucinated control)",
+                            _choice("propagation", lambda: _planning().PROPAGATIONS)),
+    "planner.beta": ("optimism weight of optimistic (mean + beta * spread) and hucrl "
+                     "(mean + beta * std * eta)",
                      None),
+    "planner.noise_beta": ("icem colored-noise exponent, >= 0", _non_negative),
+    "planner.temperature": ("mppi temperature, > 0", _positive),
     "planner.bonus": ("exploration bonus added to the planned return: disagreement (the "
                       "spread of the function draws' predictions; with mean or hucrl) or null",
                       _optional(_choice("bonus", lambda: tuple(_planning().BONUSES)))),
     "planner.bonus_scale": ("weight of the exploration bonus per step, >= 0", _non_negative),
-    "planner.noise_beta": ("icem colored-noise exponent, >= 0", _non_negative),
-    "planner.temperature": ("mppi temperature, > 0", _positive),
 }
 
 

@@ -186,3 +186,12 @@ def test_numpy_scalars_count_as_numbers():
     config.planner.horizon = np.float64(5.0)
     with pytest.raises(ValueError, match="planner.horizon must be a whole number"):
         config.validate()
+
+
+def test_readme_documents_every_config_field():
+    """README's run-config table has a row per field, with the field's meaning from FIELDS."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for path, (meaning, _) in FIELDS.items():
+        assert f"| `{path}` |" in readme and meaning in readme, path
