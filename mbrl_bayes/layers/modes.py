@@ -53,7 +53,9 @@ def posterior_mean(enabled: bool = True) -> _PosteriorMean:
                 return model(x)
 
     Inside the context layers draw no keys (so ``apply(params, None, ...)`` works), a Flipout
-    layer computes ``x @ mean(W)``, and an LSTM cell's ``initial_state`` carries no weight key.
+    layer computes ``x @ mean(W)``, ``bl.MCDropout`` is the identity, and an LSTM or GRU
+    cell's ``initial_state`` carries no weight key (a state made outside the context is
+    evaluated at the mean inside it, its key carried along unchanged).
     ``bl.losses()`` is unaffected: the KL depends on the posterior, not on a sample.
 
     Args:
