@@ -33,6 +33,8 @@ def masked():
             "function": function.apply({}, KEY, X),
             "per_row": per_row.apply({}, KEY, X),
             "function_as_flipout": bl.estimator("flipout")(function.apply)({}, KEY, X),
+            "function_as_local": bl.estimator("local_reparameterization")(function.apply)(
+                {}, KEY, X),
             "per_row_as_reparameterization": bl.estimator("reparameterization")(
                 per_row.apply)({}, KEY, X),
             "mean": bl.posterior_mean()(per_row.apply)({}, None, X),
@@ -62,8 +64,8 @@ def test_a_mask_is_bernoulli_from_the_next_rng_key(masked):
 
 
 def test_the_estimator_context_chooses_the_mask(masked):
-    np.testing.assert_allclose(masked["function_as_flipout"], masked["expected_per_row"],
-                               rtol=1e-6)
+    for per_row in ("function_as_flipout", "function_as_local"):
+        np.testing.assert_allclose(masked[per_row], masked["expected_per_row"], rtol=1e-6)
     np.testing.assert_allclose(masked["per_row_as_reparameterization"],
                                masked["expected_function"], rtol=1e-6)
 

@@ -1,6 +1,7 @@
 """One network, either estimator: ``bl.estimator`` switches every layer of a network at trace
-time with the parameters shared by construction, and Flipout has the reparameterization
-estimator's per-output mean and variance (closed forms) with decorrelated rows."""
+time with the parameters shared by construction, and Flipout and the local reparameterization
+have the reparameterization estimator's per-output mean and variance (closed forms) with
+decorrelated rows."""
 
 import haiku as hk
 import jax
@@ -131,7 +132,7 @@ def test_flipout_is_unbiased_with_the_reparameterization_variance(case):
     def run(params):
         keys = jax.random.split(jax.random.PRNGKey(11), N_DRAWS)
         draws = {name: jax.vmap(bl.estimator(name)(model.apply), (None, 0, None))(params, keys, x)
-                 for name in ("flipout", "reparameterization")}
+                 for name in ("flipout", "reparameterization", "local_reparameterization")}
         mean_apply = bl.posterior_mean()(model.apply)
         return draws, mean_apply(params, None, x), mean_apply(variance_params, None, x ** 2)
 
@@ -141,10 +142,33 @@ def test_flipout_is_unbiased_with_the_reparameterization_variance(case):
         stderr = np.sqrt(variance / N_DRAWS)
         assert np.all(np.abs(samples.mean(0) - mean) < 5 * stderr + 1e-4), name
         np.testing.assert_allclose(samples.var(0), variance, rtol=0.2, err_msg=name)
-    first, repeat = draws["flipout"][:, 0].ravel(), draws["flipout"][:, -1].ravel()
-    centred = (draws["flipout"][:, 0] - mean[0]) * (draws["flipout"][:, -1] - mean[-1])
-    correlation = centred.mean(0) / variance[0]
-    assert float(np.max(np.abs(correlation))) < 0.15, correlation
-    assert not np.allclose(first, repeat)
+    for name in ("flipout", "local_reparameterization"):
+        first, repeat = draws[name][:, 0], draws[name][:, -1]
+        correlation = ((first - mean[0]) * (repeat - mean[-1])).mean(0) / variance[0]
+        assert float(np.max(np.abs(correlation))) < 0.15, (name, correlation)
     np.testing.assert_array_equal(draws["reparameterization"][:, 0],
                                   draws["reparameterization"][:, -1])
+
+
+def test_local_reparameterization_draws_outputs_in_closed_form():
+    """``x @ loc + sqrt(x**2 @ scale**2) * normal(split(k)[0], out.shape) + b``, ``k`` the
+    layer's ``hk.next_rng_key()``; recurrent cells refuse it (one draw per sequence)."""
+    x = np.random.default_rng(4).standard_normal([3, 4]).astype(np.float32)
+    model = hk.transform(lambda x: bl.DenseReparameterization(2, b_init=jnp.ones)(x))
+    params = _spread(jax.device_get(jax.jit(model.init)(KEY, x)), seed=5)
+    p = params["dense_reparameterization"]
+
+    @jax.jit
+    def run(params):
+        k = hk.transform(hk.next_rng_key).apply({}, KEY)
+        scale = jax.nn.softplus(p["w_raw_scale"])
+        noise = jax.random.normal(jax.random.split(k)[0], (3, 2))
+        expected = x @ p["w_loc"] + jnp.sqrt(jnp.square(x) @ jnp.square(scale)) * noise + p["b"]
+        return bl.estimator("local_reparameterization")(model.apply)(params, KEY, x), expected
+
+    out, expected = run(params)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    gru = hk.transform(lambda xs: hk.dynamic_unroll(
+        cell := bl.GRUFlipout(2), xs, cell.initial_state(1))[0])
+    with pytest.raises(ValueError, match="one weight sample per sequence"):
+        bl.estimator("local_reparameterization")(gru.init)(KEY, x[:, None])

@@ -17,6 +17,7 @@ import numpy as np
 from haiku._src import conv as hk_conv  # to_dimension_numbers, compute_adjusted_padding
 from jax import lax
 
+from mbrl_bayes.layers.dense import local_output_noise, normal_scale
 from mbrl_bayes.layers.initializers import (
     Initializer,
     InitializerLike,
@@ -140,7 +141,21 @@ class _BayesianConvND(BayesianModule):
         sign_out = self._channel_signs(sign_out_key, batch, self.output_channels, out.dtype)
         return out + self._conv(inputs * sign_in, delta, precision) * sign_out
 
-    _ESTIMATORS = {"reparameterization": _reparameterized, "flipout": _flipout}
+    def _local_reparameterized(self, inputs: jax.Array, kernel: distrax.Distribution,
+                               key: Optional[jax.Array],
+                               precision: Optional[lax.Precision]) -> jax.Array:
+        # Each output is a sum of independent Gaussians: mean conv(x, loc), variance
+        # conv(x**2, (mask * scale)**2); drawn per output (Kingma et al. 2015).
+        if key is None or isinstance(kernel, distrax.Deterministic):
+            return self._reparameterized(inputs, kernel, None, precision)
+        scale = normal_scale(kernel, type(self).__name__)
+        if self.mask is not None:
+            scale = scale * self.mask
+        variance = self._apply(jnp.square(inputs), jnp.square(scale), precision)
+        return local_output_noise(self._conv(inputs, kernel.loc, precision), variance, key)
+
+    _ESTIMATORS = {"reparameterization": _reparameterized, "flipout": _flipout,
+                   "local_reparameterization": _local_reparameterized}
 
     def __call__(self, inputs: jax.Array, *,
                  precision: Optional[lax.Precision] = None) -> jax.Array:

@@ -145,7 +145,57 @@ def flipout_linear(
     return _linear(flipout_draw, inputs, kernel, bias, key, precision)
 
 
-LINEAR_ESTIMATORS = {"reparameterization": reparameterized_linear, "flipout": flipout_linear}
+def normal_scale(kernel: distrax.Distribution, layer: str) -> jax.Array:
+    """The stddevs of a mean-field normal posterior (the local reparameterization needs one).
+
+    Raises:
+      TypeError: for another posterior.
+    """
+    if not isinstance(kernel, distrax.Normal):
+        raise TypeError(f"{layer}: the local reparameterization needs a normal posterior "
+                        f"(e.g. bl.TrainableNormal), got {type(kernel).__name__}.")
+    return kernel.scale
+
+
+def local_output_noise(mean: jax.Array, variance: jax.Array, key: jax.Array) -> jax.Array:
+    """``mean + sqrt(variance) * eps``, ``eps = jax.random.normal(key)`` per output."""
+    # The floor keeps the gradient finite where the variance is zero (an all-zero input row).
+    std = jnp.sqrt(jnp.maximum(variance, jnp.finfo(variance.dtype).tiny))
+    return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def local_reparameterized_linear(
+    inputs: jax.Array,
+    kernel: distrax.Distribution,
+    bias: Optional[distrax.Distribution],
+    key: Optional[jax.Array],
+    precision: Optional[lax.Precision] = None,
+) -> jax.Array:
+    """``inputs @ W_i + b`` with independent weights ``W_i`` per row, sampled in output space
+    (the local reparameterization, Kingma et al. 2015).
+
+    For a mean-field normal ``W`` the outputs of a row are independent Gaussians with mean
+    ``x @ loc`` and variance ``x**2 @ scale**2``: each is drawn directly, with noise
+    ``jax.random.normal(split(key)[0], out.shape)``; the bias from ``split(key)[1]``. Same
+    per-output distribution as :func:`reparameterized_linear`, with rows independent.
+
+    Raises:
+      TypeError: when ``kernel`` is not a ``distrax.Normal`` (a point mass is fine: no noise).
+    """
+    if key is None or isinstance(kernel, distrax.Deterministic):
+        return reparameterized_linear(inputs, kernel, bias, key, precision)
+    scale = normal_scale(kernel, "local_reparameterized_linear")
+    noise_key, bias_key = jax.random.split(key)
+    mean = jnp.dot(inputs, kernel.loc, precision=precision)
+    variance = jnp.dot(jnp.square(inputs), jnp.square(scale), precision=precision)
+    out = local_output_noise(mean, variance, noise_key)
+    if bias is not None:
+        out = out + sample_or_mean(bias, bias_key)
+    return out
+
+
+LINEAR_ESTIMATORS = {"reparameterization": reparameterized_linear, "flipout": flipout_linear,
+                     "local_reparameterization": local_reparameterized_linear}
 
 
 class _BayesianDense(BayesianModule):

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mbrl_bayes.layers.modes import is_posterior_mean
+from mbrl_bayes.layers.modes import PER_ROW_ESTIMATORS, is_posterior_mean
 from mbrl_bayes.layers.module import BayesianModule, check_floating
 
 
@@ -23,9 +23,10 @@ class MCDropout(BayesianModule):
       function, as for the reparameterization layers. For planning: with a function axis
       first (``jax.vmap`` over keys, inputs ``[k, m, d]``) each draw is one mask for its ``m``
       rows.
-    * a mask per row (``"flipout"``, ``per_row=True``): shape ``inputs.shape``, independent
-      for every element as ``hk.dropout``'s. For training: rows of a minibatch get independent
-      masks, as Flipout gives them independent weights.
+    * a mask per row (``"flipout"`` or ``"local_reparameterization"``, ``per_row=True``):
+      shape ``inputs.shape``, independent for every element as ``hk.dropout``'s. For
+      training: rows of a minibatch get independent masks, as Flipout gives them independent
+      weights.
 
     At the posterior mean (``bl.posterior_mean()``) and in ``init`` it is the identity (the
     mean of ``mask / (1 - rate)`` is one) and takes no key. No parameters, no penalty.
@@ -61,7 +62,7 @@ class MCDropout(BayesianModule):
         key = self.next_weight_key()
         if key is None:  # init
             return inputs
-        shape = inputs.shape if self.estimator() == "flipout" else inputs.shape[-1:]
+        shape = inputs.shape if self.estimator() in PER_ROW_ESTIMATORS else inputs.shape[-1:]
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(key, keep, shape)
         return jnp.where(mask, inputs / keep, jnp.zeros((), inputs.dtype))

@@ -69,7 +69,8 @@ def is_posterior_mean() -> bool:
     return _POSTERIOR_MEAN.get()
 
 
-ESTIMATORS = ("reparameterization", "flipout")
+ESTIMATORS = ("reparameterization", "flipout", "local_reparameterization")
+PER_ROW_ESTIMATORS = ("flipout", "local_reparameterization")
 _ESTIMATOR = contextvars.ContextVar("mbrl_bayes_layers_estimator", default=None)
 
 
@@ -116,6 +117,12 @@ def estimator(name: Optional[str]) -> _Estimator:
     * ``"flipout"``: every row gets its own pseudo-independent weights (Flipout), and an
       ``bl.MCDropout`` layer its own mask. Per-row noise decorrelates the rows of a minibatch,
       so gradients have lower variance: for training, not for drawing functions.
+    * ``"local_reparameterization"`` (Kingma et al. 2015): every row's *outputs* are drawn
+      from their exact Gaussian, ``x @ loc + sqrt(x**2 @ scale**2) * eps`` (a convolution
+      likewise): independent rows at the cost of two products, for mean-field normal
+      posteriors (dense and convolution layers; dropout: a mask per row). Recurrent cells
+      raise ``ValueError``: fresh output noise at every step is not one weight sample per
+      sequence.
     * ``None``: each layer's own (its class's; ``bl.MCDropout``'s ``per_row``), restoring the
       default inside an enclosing context.
 
@@ -126,7 +133,8 @@ def estimator(name: Optional[str]) -> _Estimator:
     ``bl.DenseBatchEnsemble`` and ``bl.DenseRank1`` have one estimator and ignore it.
 
     Args:
-      name: ``"reparameterization"``, ``"flipout"`` or ``None``.
+      name: ``"reparameterization"``, ``"flipout"``, ``"local_reparameterization"`` or
+        ``None``.
 
     Raises:
       ValueError: for another name.

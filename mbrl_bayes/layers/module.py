@@ -28,8 +28,8 @@ class BayesianModule(hk.Module):
     _default_estimator: str = "reparameterization"
 
     def estimator(self) -> str:
-        """``"reparameterization"`` or ``"flipout"``, decided at trace time (see
-        ``bl.estimator``)."""
+        """``"reparameterization"``, ``"flipout"`` or ``"local_reparameterization"``, decided
+        at trace time (see ``bl.estimator``)."""
         return current_estimator() or self._default_estimator
 
     def weight_distribution(

@@ -69,6 +69,15 @@ class _SequenceWeights(hk.RNNCore, BayesianModule):
                 f"key; make it with initial_state() outside bl.posterior_mean() to sample.")
         return state.weight_key, state.weight_key
 
+    def _sequence_estimator(self) -> str:
+        estimator = self.estimator()
+        if estimator not in LINEAR_DRAWS:
+            raise ValueError(
+                f"{type(self).__name__} draws one weight sample per sequence, which the "
+                f"{estimator!r} estimator cannot (it draws fresh output noise at every step); "
+                f"use 'reparameterization' or 'flipout' for the recurrent cells.")
+        return estimator
+
     def _check_inputs(self, inputs: jax.Array) -> jax.Array:
         layer = type(self).__name__
         inputs = jnp.asarray(inputs)
@@ -161,7 +170,7 @@ class _BayesianLSTMCell(_SequenceWeights):
         bias = self.weight_distribution(
             "b", (4 * self.hidden_size,), inputs.dtype, self.bias_initializer,
             self.bias_regularizer, jnp.zeros)
-        gated = LINEAR_ESTIMATORS[self.estimator()](x_and_h, kernel, bias, draw_key)
+        gated = LINEAR_ESTIMATORS[self._sequence_estimator()](x_and_h, kernel, bias, draw_key)
         # Gate order and forget-gate bias exactly as hk.LSTM.
         i, g, f, o = jnp.split(gated, indices_or_sections=4, axis=-1)
         f = jax.nn.sigmoid(f + 1)
@@ -292,7 +301,7 @@ class _BayesianGRU(_SequenceWeights):
             "b", (3 * hidden,), dtype, self.bias_initializer, self.bias_regularizer, jnp.zeros)
         input_key, hidden_key, bias_key = (
             (None, None, None) if draw_key is None else jax.random.split(draw_key, 3))
-        draw = LINEAR_DRAWS[self.estimator()]
+        draw = LINEAR_DRAWS[self._sequence_estimator()]
         rows = inputs.shape[:-1]
         x_weights, _ = draw(w_i, input_key, rows)
         h_weights, _ = draw(w_h, hidden_key, rows)
