@@ -311,3 +311,23 @@ def test_load_network_imports_a_module_by_name(tmp_path, monkeypatch):
     model = models.NetworkDynamics(network, obs_dim=3, act_dim=1)
     assert model.probabilistic
     assert load_network("usernets.dynamics:pair") == (len, len)
+
+
+def flipout_network(x):
+    """Trains with Flipout's per-row weight noise."""
+    h = jax.nn.silu(bl.DenseFlipout(16)(x))
+    return bl.DenseFlipout(6)(h)
+
+
+def test_a_flipout_network_plans_with_one_function_per_key():
+    """Per-row estimators are for training: a function draw of a Flipout network applies one
+    weight sample to all of its rows (identical rows give identical next states)."""
+    model = models.NetworkDynamics(flipout_network, obs_dim=3, act_dim=1)
+    params = model.init(jax.random.PRNGKey(0), DATA["obs"][:8], DATA["act"][:8])
+    fns = model.sample_functions(params, jax.random.PRNGKey(1), 2)
+    obs = np.broadcast_to(DATA["obs"][:1], (2, 5, 3))
+    act = np.broadcast_to(DATA["act"][:1], (2, 5, 1))
+    out = model.transition(params, fns, jax.random.PRNGKey(2), obs, act,
+                           sample_noise=False).next_obs
+    np.testing.assert_allclose(out, np.broadcast_to(out[:, :1], out.shape), rtol=1e-6)
+    assert np.abs(out[0, 0] - out[1, 0]).max() > 1e-5  # two keys, two functions
