@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 # dispatches on them. Optimizer, propagation, early-stopping, estimator and activation names live
 # with what they name (``planning.OPTIMIZERS``, ``planning.PROPAGATIONS``, ...).
 ENSEMBLE_MODEL_NAMES = ("pe", "de", "p", "d")  # the PETS variants
-MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout", "network")
+MODEL_NAMES = ENSEMBLE_MODEL_NAMES + ("vmlp", "vlstm", "dropout", "network", "gp", "dgp")
 AGENT_NAMES = ("pets", "thompson", "random")
 
 
@@ -24,6 +24,8 @@ class ModelConfig:
     ``vlstm``: variational LSTM over the history (``lstm_size``, trained on windows of
     ``sequence_length`` steps; plans from a fresh history at each action);
     ``dropout``: MC-dropout MLP.
+    ``gp``: sparse variational GP dynamics (``num_inducing`` inducing points per output);
+    ``dgp``: deep GP of ``dgp_depth`` layers (``hidden_sizes``/``activation`` do not apply).
     ``network``: ``models.NetworkDynamics`` of the user's network named by ``network``
     (``"path/to/file.py:function"`` or ``"package.module:function"``); the run records the
     name but never imports it by itself: whoever builds the model passes the function
@@ -46,6 +48,8 @@ class ModelConfig:
     sequence_length: int = 10
     fused_kernel: Optional[str] = None
     network: Optional[str] = None
+    num_inducing: int = 128
+    dgp_depth: int = 2
 
 
 # The Pallas backends a model may plan with (``mbrl_bayes.kernels.BACKENDS``, which is imported
@@ -115,9 +119,11 @@ class PlannerConfig:
     alpha: float = 0.1
     num_particles: int = 20
     propagation: str = "ts_inf"
-    beta: float = 1.0  # optimism weight of the 'optimistic' propagation
+    beta: float = 1.0  # optimism weight of the 'optimistic' and 'hucrl' propagations
     noise_beta: float = 2.0  # iCEM colored-noise exponent
     temperature: float = 1.0  # MPPI
+    bonus: Optional[str] = None  # a key of planning.BONUSES (exploration bonus), or None
+    bonus_scale: float = 1.0  # its weight per step
 
 
 @dataclasses.dataclass
@@ -130,50 +136,18 @@ class RunConfig:
     trials: int = 10
     seed_steps: int = 200  # random-action steps collected before the first trial
     episode_length: Optional[int] = None  # None: the task's own horizon
+    action_repeat: int = 1  # env steps per agent step (envs.task(env, action_repeat))
     eval_calibration: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
 
     def validate(self) -> "RunConfig":
-        """Raises a one-line ValueError for values no run can use."""
-        import envs  # registry lookups only
+        """Returns ``self``, or raises a one-line ValueError naming every field no run can use;
+        see ``agents.validation``."""
+        from agents.validation import validate_config
 
-        if self.env not in envs.names():
-            raise ValueError(f"Unknown env {self.env!r}; known: {', '.join(envs.names())}.")
-        from mbrl_bayes.models.gaussian import ACTIVATIONS
-        from mbrl_bayes.models.training import EARLY_STOPPING_SCORES
-        from mbrl_bayes.models.variational import ESTIMATORS
-        from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
-
-        _check_choice("agent", self.agent, AGENT_NAMES)
-        _check_choice("model", self.model.name, MODEL_NAMES)
-        _check_choice("optimizer", self.planner.optimizer, tuple(OPTIMIZERS))
-        _check_choice("propagation", self.planner.propagation, PROPAGATIONS)
-        _check_choice("early_stopping", self.train.early_stopping, tuple(EARLY_STOPPING_SCORES))
-        _check_choice("estimator", self.model.estimator, tuple(ESTIMATORS))
-        _check_choice("activation", self.model.activation, tuple(ACTIVATIONS))
-        if self.trials <= 0:
-            raise ValueError(f"trials must be a positive number, got {self.trials}.")
-        if self.seed_steps < 0:
-            raise ValueError(f"seed_steps must be >= 0, got {self.seed_steps}.")
-        if self.episode_length is not None and self.episode_length <= 0:
-            raise ValueError(f"episode_length must be positive, got {self.episode_length}.")
-        positive = {
-            "horizon": self.planner.horizon, "population": self.planner.population,
-            "elites": self.planner.elites, "iterations": self.planner.iterations,
-            "num_particles": self.planner.num_particles,
-            "ensemble_size": self.model.ensemble_size, "batch_size": self.train.batch_size,
-            "max_epochs": self.train.max_epochs,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}.")
-        if self.planner.elites > self.planner.population:
-            raise ValueError("elites must not exceed population.")
-        check_fused_kernel(self.model)
-        check_network(self.model)
-        return self
+        return validate_config(self)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> Dict[str, Any]:
@@ -196,11 +170,6 @@ class RunConfig:
 
 
 T = TypeVar("T")
-
-
-def _check_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}; known: {', '.join(choices)}.")
 
 
 def _from_dict(cls: Type[T], data: Dict[str, Any]) -> T:

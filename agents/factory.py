@@ -77,6 +77,12 @@ def _network(cfg: ModelConfig, common: dict) -> Any:
                                   act_dim=common["act_dim"], learn_reward=cfg.learn_reward)
 
 
+def _gaussian_process(cfg: ModelConfig, common: dict) -> Any:
+    return models.GaussianProcessDynamics(
+        obs_dim=common["obs_dim"], act_dim=common["act_dim"], num_inducing=cfg.num_inducing,
+        depth=1 if cfg.name == "gp" else cfg.dgp_depth, learn_reward=cfg.learn_reward)
+
+
 def load_network(spec: str) -> Any:
     """Imports the network named by ``spec``: ``"path/to/file.py:name"`` (a file, run as a
     module) or ``"package.module:name"`` (``name`` may be dotted); the object is what
@@ -128,6 +134,8 @@ MODEL_BUILDERS: Dict[str, Callable[[ModelConfig, dict], Any]] = {
     "vlstm": _variational_lstm,
     "dropout": _dropout,
     "network": _network,
+    "gp": _gaussian_process,
+    "dgp": _gaussian_process,
 }
 
 
@@ -178,7 +186,7 @@ def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
     if config.agent not in AGENT_CLASSES:
         raise ValueError(f"Unknown agent {config.agent!r}; known: {', '.join(AGENT_NAMES)}.")
     cls = AGENT_CLASSES[config.agent]
-    spec = envs.task(config.env)
+    spec = envs.task(config.env, action_repeat=config.action_repeat)
     if not issubclass(cls, ModelBasedAgent):
         return cls(spec.action_low, spec.action_high)
     model = build_model(config.model, spec.obs_dim, spec.act_dim, network)
@@ -188,6 +196,7 @@ def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
         model, build_optimizer(config.planner), spec.reward_fn, spec.termination_fn,
         horizon=config.planner.horizon, action_low=spec.action_low,
         action_high=spec.action_high, num_particles=config.planner.num_particles,
-        propagation=propagation, beta=config.planner.beta,
+        propagation=propagation, beta=config.planner.beta, bonus=config.planner.bonus,
+        bonus_scale=config.planner.bonus_scale,
     )
     return cls(model, mpc, train_kwargs(config))

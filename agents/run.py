@@ -34,7 +34,7 @@ class Run:
         self.out_dir = out_dir
         self.folder = RunFolder(out_dir)
         self.config = config.validate()
-        self.spec = envs.task(config.env)
+        self.spec = envs.task(config.env, action_repeat=config.action_repeat)
         self.episode_length = config.episode_length or self.spec.episode_length
         self.agent = build_agent(config, network)  # network: model 'network' only
         capacity = max(config.seed_steps, 1) + config.trials * self.episode_length
@@ -61,13 +61,14 @@ class Run:
         folder = RunFolder(out_dir)
         config = folder.load_config()
         if trials is not None:
-            if trials < 0:
+            if trials < 1:
                 raise RunError(f"trials must be positive, got {trials}.")
-            config.trials = max(trials, 1)
-            folder.save_config(config)
+            config.trials = trials
         run = cls(out_dir, config, network)
-        if not folder.holds_run():
-            return run  # killed before the seed data was saved: start afresh
+        if not folder.holds_run():  # killed before the seed data was saved: start afresh
+            if trials is not None:
+                folder.save_config(config)
+            return run
         state = folder.load_state()
         run.trials_done = int(state["trials_done"])
         buffer = folder.load_buffer()
@@ -81,6 +82,8 @@ class Run:
         if run.agent.params is None and run.trials_done > 0:
             run.agent.params = folder.load_params()
         run.rows = folder.read_rows()[: run.trials_done + 1]
+        if trials is not None:  # only once the whole folder has been read back
+            folder.save_config(config)
         return run
 
     def _commit(self) -> None:
@@ -89,7 +92,7 @@ class Run:
 
     def run(self, progress: bool = True, log: Callable[[str], None] = print) -> List[Dict]:
         """Runs (or continues) until ``config.trials`` trials are done; returns the rows."""
-        env = envs.make(self.config.env)
+        env = self.spec.make()
         try:
             if self.trials_done < 0:
                 self._seed_data(env, log)
@@ -101,7 +104,8 @@ class Run:
 
     def _seed_data(self, env: Any, log: Callable[[str], None]) -> None:
         cfg = self.config
-        random_agent = build_agent(RunConfig(env=cfg.env, agent="random"))
+        random_agent = build_agent(RunConfig(env=cfg.env, agent="random",
+                                             action_repeat=cfg.action_repeat))
         returns, episode = [], 0
         while len(self.buffer) < cfg.seed_steps:
             steps = min(self.episode_length, cfg.seed_steps - len(self.buffer))
@@ -160,7 +164,7 @@ def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = Fa
         raise RunError(f"{run_dir} has no trained model yet (no finished trial).")
     if run.config.agent != "random" and run.agent.params is None:
         raise CheckpointError(f"{run_dir}/{MODEL} is missing.")
-    env = envs.make(run.config.env)
+    env = run.spec.make()
     returns = []
     try:
         for i in range(episodes):

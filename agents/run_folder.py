@@ -9,6 +9,10 @@ A run writes one folder::
     model.ckpt      the model params after the last trial's training
     returns.png     the learning curve
 
+``buffer.npz`` and ``model.ckpt`` (an ``.npz`` of arrays plus a JSON tree, see
+``agents.checkpoint``) are read with ``allow_pickle=False``: opening someone else's run folder
+never runs code from it.
+
 :meth:`RunFolder.commit` replaces every file atomically and writes ``state.json`` last, so a
 folder always holds the last finished trial whole, whenever the process was killed.
 """

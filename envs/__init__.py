@@ -17,6 +17,6 @@ See `TaskSpec` for the contract and the task modules (`cartpole_swingup`, `pendu
 
 from envs.registry import jax_dynamics, make, names, task
 from envs.spec import TaskSpec
-from envs.wrappers import ValidateAction
+from envs.wrappers import ActionRepeat, ValidateAction
 
-__all__ = ["TaskSpec", "ValidateAction", "jax_dynamics", "make", "names", "task"]
+__all__ = ["ActionRepeat", "TaskSpec", "ValidateAction", "jax_dynamics", "make", "names", "task"]

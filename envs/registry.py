@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
+import jax
 import numpy as np
 
-from envs import cartpole_swingup, mujoco_tasks, noisy, pendulum
+from envs import cartpole_swingup, mountaincar, mujoco_tasks, noisy, pendulum, sparse_tasks
 from envs.spec import DynamicsFn, TaskSpec, TransitionFn
-from envs.wrappers import ValidateAction
+from envs.wrappers import ActionRepeat, ValidateAction
 
 _CARTPOLE_SWINGUP_SPEC = gym.envs.registration.EnvSpec(
     id="CartpoleSwingup-v0",
@@ -27,6 +30,19 @@ _NOISY_SPECS = {  # envs/noisy.py: process noise of known std, a ground truth fo
         id="PendulumNoisy-v0", entry_point=noisy.NoisyPendulumEnv,
         max_episode_steps=pendulum.EPISODE_LENGTH),
 }
+_CARTPOLE_SWINGUP_SPARSE_SPEC = gym.envs.registration.EnvSpec(
+    id="CartpoleSwingupSparse-v0",
+    entry_point=sparse_tasks.CartpoleSwingupSparseEnv,
+    max_episode_steps=sparse_tasks.EPISODE_LENGTH,
+)
+_PENDULUM_SPARSE_SPEC = gym.envs.registration.EnvSpec(
+    id="PendulumSparse-v0",
+    entry_point=sparse_tasks.PendulumSparseEnv,
+    max_episode_steps=sparse_tasks.EPISODE_LENGTH,
+)
+
+# Tasks whose reward over a block of repeated actions has a closed form (``action_repeat``).
+_BLOCK_REWARDS = {"mountaincar": mountaincar.block_reward_fn}
 
 
 def _make_env(
@@ -99,6 +115,40 @@ _TASKS: Mapping[str, TaskSpec] = types.MappingProxyType(
                 action_low=[-1.0],
                 action_high=[1.0],
                 dynamics_fn=cartpole_swingup.step_obs,
+            ),
+            _spec(
+                "cartpole_swingup_sparse",
+                _CARTPOLE_SWINGUP_SPARSE_SPEC,
+                sparse_tasks.cartpole_reward_fn,
+                cartpole_swingup.termination_fn,
+                episode_length=sparse_tasks.EPISODE_LENGTH,
+                obs_dim=cartpole_swingup.OBS_DIM,
+                action_low=[-1.0],
+                action_high=[1.0],
+                dynamics_fn=cartpole_swingup.step_obs,
+            ),
+            _spec(
+                "mountaincar",
+                "MountainCarContinuous-v0",
+                mountaincar.reward_fn,
+                mountaincar.termination_fn,
+                episode_length=mountaincar.EPISODE_LENGTH,
+                obs_dim=mountaincar.OBS_DIM,
+                action_low=[-1.0],
+                action_high=[1.0],
+                dynamics_fn=mountaincar.step_obs,
+            ),
+            _spec(
+                "pendulum_sparse",
+                _PENDULUM_SPARSE_SPEC,
+                sparse_tasks.pendulum_reward_fn,
+                pendulum.termination_fn,
+                episode_length=sparse_tasks.EPISODE_LENGTH,
+                obs_dim=pendulum.OBS_DIM,
+                action_low=[-pendulum.MAX_TORQUE],
+                action_high=[pendulum.MAX_TORQUE],
+                pinned=dict(g=pendulum.GRAVITY),
+                dynamics_fn=pendulum.step_obs,
             ),
             _spec(
                 "pendulum",
@@ -200,22 +250,63 @@ def names() -> list[str]:
     return sorted(_TASKS)
 
 
-def task(name: str) -> TaskSpec:
-    """The `TaskSpec` registered as ``name``; ``ValueError`` listing known names otherwise."""
+def task(name: str, action_repeat: int = 1) -> TaskSpec:
+    """The `TaskSpec` registered as ``name``; ``ValueError`` listing known names otherwise.
+
+    ``action_repeat=k > 1``: the task seen by an agent that holds each action for ``k`` env
+    steps (``make`` wraps the env in `ActionRepeat`; ``reward_fn``, ``dynamics_fn`` and
+    ``episode_length`` are per block). Only for tasks whose block reward has a closed form
+    (``mountaincar``); the same ``(name, k)`` gives the same spec object.
+    """
     try:
-        return _TASKS[name]
+        spec = _TASKS[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(names())}.") from None
+    if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
+        raise ValueError(f"action_repeat must be an int >= 1, got {action_repeat!r}.")
+    if action_repeat == 1:
+        return spec
+    if name not in _BLOCK_REWARDS:
+        raise ValueError(f"Task {name!r} has no action_repeat (its reward over a block of steps "
+                         f"has no closed form); tasks with one: {', '.join(_BLOCK_REWARDS)}.")
+    return _repeated(name, action_repeat)
 
 
-def make(name: str, **kwargs: Any) -> gym.Env:
-    """Builds the gymnasium env of task ``name``.
+@functools.lru_cache(maxsize=None)
+def _repeated(name: str, repeat: int) -> TaskSpec:
+    spec = _TASKS[name]
+    step = spec.dynamics_fn
+
+    def dynamics(obs: Any, act: Any) -> Any:  # stops at termination, as `ActionRepeat` does
+        def body(carry, _):
+            o, done = carry
+            nxt = step(o, act)
+            nxt = jax.numpy.where(done[..., None], o, nxt)
+            return (nxt, done | spec.termination_fn(o, act, nxt)), None
+
+        obs = jax.numpy.asarray(obs, jax.numpy.float32)
+        done0 = jax.numpy.zeros(obs.shape[:-1], bool)
+        (out, _), _ = jax.lax.scan(body, (obs, done0), None, length=repeat)
+        return out
+
+    def make(**kwargs: Any) -> gym.Env:
+        return ActionRepeat(spec.make(**kwargs), repeat)
+
+    return dataclasses.replace(
+        spec, make=make, reward_fn=_BLOCK_REWARDS[name](repeat),
+        episode_length=math.ceil(spec.episode_length / repeat),
+        dynamics_fn=None if step is None else dynamics, action_repeat=repeat,
+    )
+
+
+def make(name: str, action_repeat: int = 1, **kwargs: Any) -> gym.Env:
+    """Builds the gymnasium env of task ``name`` (of ``task(name, action_repeat)``).
 
     ``kwargs`` go to ``gymnasium.make`` (e.g. ``render_mode``, ``max_episode_steps``, or the
     env's own options); options the task pins (``task(name).env_kwargs``) cannot be changed.
     The env is wrapped in `ValidateAction` and truncates after ``episode_length`` steps.
     """
-    return task(name).make(**kwargs)
+    return task(name, action_repeat).make(**kwargs)
 
 
 def jax_dynamics(name: str) -> DynamicsFn:

@@ -49,6 +49,9 @@ class TaskSpec:
         dynamics_fn: exact JAX dynamics ``step(obs [..., d], act [..., a]) -> next_obs``
             where the env's true dynamics have a closed form in JAX, else None
             (see `envs.jax_dynamics`).
+        action_repeat: env steps per agent step (`envs.task(name, action_repeat=k)`): ``make``
+            wraps the env in `ActionRepeat`, ``reward_fn`` is the reward of a ``k``-step block,
+            ``dynamics_fn`` steps ``k`` times and ``episode_length`` counts blocks.
     """
 
     name: str
@@ -63,3 +66,4 @@ class TaskSpec:
     env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     absolute_position_dims: tuple[int, ...] = ()
     dynamics_fn: DynamicsFn | None = None
+    action_repeat: int = 1

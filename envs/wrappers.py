@@ -34,3 +34,24 @@ class ValidateAction(gym.Wrapper):
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{self._task_name}: action has non-finite values {array}.")
         return self.env.step(array)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Holds each action for ``repeat`` steps of ``env``; returns the last observation and the
+    summed reward. Stops early when the env terminates or truncates (the observation is then the
+    one it stopped at). ``envs.task(name, action_repeat=k).make()`` builds one."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ValueError(f"action_repeat must be an int >= 1, got {repeat!r}.")
+        super().__init__(env)
+        self.repeat = int(repeat)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info

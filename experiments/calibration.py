@@ -43,6 +43,8 @@ MODELS: Dict[str, ModelConfig] = {
     "variational MLP": ModelConfig(name="vmlp"),
     "MC-dropout": ModelConfig(name="dropout"),
     "variational LSTM": ModelConfig(name="vlstm"),
+    "GP": ModelConfig(name="gp"),
+    "deep GP": ModelConfig(name="dgp"),
 }
 # The true predictive of a noisy task (``envs.noisy.next_obs_moments``): what a calibrated
 # model should match; a row only for the ``_noisy`` envs.

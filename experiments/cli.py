@@ -1,4 +1,4 @@
-"""The ``mbrl-bayes`` command: ``train``, ``evaluate`` and ``plot``.
+"""The ``mbrl-bayes`` command: ``train``, ``evaluate``, ``plot`` and ``config``.
 
     mbrl-bayes train                                   # the default quick run (see DEFAULT_RUN)
     mbrl-bayes train --env cartpole_swingup --agent pets --trials 10 --seed 0 --out runs/x
@@ -6,6 +6,7 @@
     mbrl-bayes train --env pendulum --network my_nets.py:network   # your own network's model
     mbrl-bayes evaluate runs/x --episodes 5
     mbrl-bayes plot runs/a runs/b ... -o curves.png
+    mbrl-bayes config --env pendulum > run.json        # the full default config, for --config
 
 Bad input ends with one sentence on stderr and exit status 2; Ctrl-C ends with status 130 after
 the last finished trial has been saved.
@@ -21,7 +22,7 @@ from typing import List, Optional, Sequence
 
 from agents.config import AGENT_NAMES, FUSED_KERNELS, MODEL_NAMES
 from experiments.presets import preset_config
-from mbrl_bayes.planning import OPTIMIZERS, PROPAGATIONS
+from mbrl_bayes.planning import BONUSES, OPTIMIZERS, PROPAGATIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -59,10 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--propagation", choices=PROPAGATIONS,
                        help="how particles meet the model's function draws; default: the "
                             "preset's")
+    train.add_argument("--beta", type=float,
+                       help="optimism weight of --propagation optimistic / hucrl")
+    train.add_argument("--bonus", choices=tuple(BONUSES),
+                       help="intrinsic reward for exploring (with --propagation mean or hucrl)")
+    train.add_argument("--bonus-scale", type=float, help="weight of --bonus per step")
     train.add_argument("--trials", type=_positive_int, help="number of MPC trials")
     train.add_argument("--seed", type=int, help="random seed; default 0")
     train.add_argument("--horizon", type=_positive_int)
     train.add_argument("--population", type=_positive_int)
+    train.add_argument("--elites", type=_positive_int, help="cem/icem elites (<= population)")
     train.add_argument("--particles", type=_positive_int)
     train.add_argument("--seed-steps", type=int, help="random steps before the first trial")
     train.add_argument("--fused-kernel", choices=FUSED_KERNELS, default=None,
@@ -86,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="overlay learning curves of runs")
     plot.add_argument("runs", nargs="+", help="run folders")
     plot.add_argument("-o", "--output", default="curves.png")
+
+    from agents.validation import describe_fields
+
+    config = sub.add_parser(
+        "config", help="print the full default config as JSON (a --config file)",
+        description="Prints the default RunConfig of a task as JSON: edit it and pass it to "
+                    "`mbrl-bayes train --config FILE` (flags override its values; every value "
+                    "is checked, and a bad one is an error naming the field).",
+        epilog="fields:\n" + describe_fields(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_argument("--env", default="cartpole_swingup",
+                        help="task whose preset to print; default cartpole_swingup")
     return parser
 
 
@@ -112,12 +131,13 @@ def _run_network(run_dir: str, spec: Optional[str]):
 
 def _train(args: argparse.Namespace) -> int:
     from agents import Run, RunConfig, load_network
+    from agents.validation import validate_config
 
     network = None
     if args.resume:
         overrides = [n for n in ("env", "agent", "model", "optimizer", "propagation", "seed",
-                                 "horizon", "population", "particles", "config", "out",
-                                 "fused_kernel")
+                                 "horizon", "population", "elites", "particles", "config", "out",
+                                 "fused_kernel", "beta", "bonus", "bonus_scale")
                      if getattr(args, n) is not None]
         if overrides:
             flag = overrides[0].replace("_", "-")
@@ -134,6 +154,8 @@ def _train(args: argparse.Namespace) -> int:
                 raise ValueError(f"Config file {args.config} does not exist.") from None
             except json.JSONDecodeError:
                 raise ValueError(f"Config file {args.config} is not valid JSON.") from None
+            # Every value in the file must be valid, even one a flag below replaces.
+            validate_config(config, fields_only=True)
         else:
             config = preset_config(args.env or "cartpole_swingup")
         if args.env is not None and args.env != config.env:
@@ -156,12 +178,11 @@ def _train(args: argparse.Namespace) -> int:
                              f"code is imported only from the command line: give --network.")
         for flag, attr in (("optimizer", "optimizer"), ("propagation", "propagation"),
                            ("horizon", "horizon"), ("population", "population"),
-                           ("particles", "num_particles")):
+                           ("elites", "elites"), ("particles", "num_particles"), ("beta", "beta"),
+                           ("bonus", "bonus"), ("bonus_scale", "bonus_scale")):
             if getattr(args, flag) is not None:
                 setattr(config.planner, attr, getattr(args, flag))
-        if config.planner.elites > config.planner.population:
-            config.planner.elites = max(1, config.planner.population // 10)
-        config.validate()
+        validate_config(config)  # the merged config, before anything is built
         out = args.out or os.path.join(
             "runs", f"{config.env}-{config.agent}-{config.model.name}-s{config.seed}")
         run = Run.create(out, config, network)
@@ -217,11 +238,17 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    print(json.dumps(preset_config(args.env).validate().to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler = {"train": _train, "evaluate": _evaluate, "plot": _plot}[args.command]
+        handler = {"train": _train, "evaluate": _evaluate, "plot": _plot,
+                   "config": _config}[args.command]
         return handler(args)
     except _UsageError as e:
         print(f"mbrl-bayes: {e}", file=sys.stderr)

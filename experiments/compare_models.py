@@ -1,4 +1,4 @@
-"""Which uncertainty model? D vs P vs DE vs PE vs variational MLP vs MC-dropout, each in PETS
+"""Which uncertainty model? D, P, DE, PE, variational MLP, MC-dropout, GP, deep GP: each in PETS
 (CEM, ``ts_inf``), over several seeds -> learning curves and final returns.
 
     python experiments/compare_models.py --out docs/results/compare_models
@@ -30,6 +30,7 @@ def _model(name: str) -> Variant:
 VARIANTS: Dict[str, Variant] = {
     "D": _model("d"), "P": _model("p"), "DE": _model("de"), "PE": _model("pe"),
     "variational MLP": _model("vmlp"), "MC-dropout": _model("dropout"),
+    "GP": _model("gp"), "deep GP": _model("dgp"),
 }
 
 

@@ -77,8 +77,9 @@ def set_field(config: RunConfig, path: str, value: Any) -> RunConfig:
 def with_params(base: RunConfig, params: Dict[str, Any]) -> RunConfig:
     """A copy of ``base`` with the dotted fields of ``params`` set, checked by ``validate``.
 
-    As in ``mbrl-bayes train``, a population searched below the elites keeps a tenth of it as
-    elites (unless ``planner.elites`` is searched too)."""
+    A population searched below the elites keeps a tenth of it as elites (unless
+    ``planner.elites`` is searched too), so that a search's small samples still run;
+    ``mbrl-bayes train`` refuses such a config instead."""
     config = copy.deepcopy(base)
     for path, value in params.items():
         set_field(config, path, value)

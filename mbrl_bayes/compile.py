@@ -12,15 +12,16 @@ does not touch the user's global ``XLA_FLAGS`` nor any other computation; numeri
 On the same CPUs, the models' products (``[5, 2000, 200] x [5, 200, 200]`` per hidden layer and
 step) run faster through XLA:CPU's own dot kernels than through the YNNPACK fusions that jax 0.10
 uses by default; ``xla_cpu_experimental_ynn_fusion_type=""`` selects the former for the toolkit's
-jitted functions only. Measured A/B in one process (``benchmarks/planning.py``'s model, session
-5): pets_halfcheetah 1.153 -> 1.081 s per action, pets_cartpole 0.372 -> 0.340 s; training
+jitted functions only. Measured A/B in one process (``benchmarks/planning.py``'s model):
+pets_halfcheetah 1.153 -> 1.081 s per action, pets_cartpole 0.372 -> 0.340 s; training
 (``benchmarks/training.py``) 193,000 -> 206,000 and 214,000 -> 226,000 samples/s. Each CPU option
 is probed once (a scalar function compiled with it); a jaxlib that rejects one does without it.
 
 On GPUs, the models' small batched products (``[5, 2000, 200] x [5, 200, 200]`` per layer and
 step) run slightly faster through cuBLAS than through XLA's Triton GEMM fusions, which XLA
 otherwise picks: ``xla_gpu_enable_triton_gemm=False`` took pets_halfcheetah from 14.4 to 13.3 ms
-per action on an H100 (``benchmarks/gpu_variants.py``), and compiles faster. Elsewhere (CPUs
+per action on an H100 (measured by ``benchmarks/gpu_variants.py``, in git history), and
+compiles faster. Elsewhere (CPUs
 without AVX-512, TPUs) no option is added.
 
 Used where these gains were measured, and nowhere else: the planner's jitted functions

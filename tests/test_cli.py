@@ -154,11 +154,11 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
 @pytest.mark.parametrize("changes, message", [
     ({"agent": "nope"}, "Unknown agent 'nope'; known: pets, thompson, random."),
     ({"model": {"name": "nope"}}, "Unknown model 'nope'; known: pe, de, p, d, vmlp, vlstm, "
-                                  "dropout, network."),
+                                  "dropout, network, gp, dgp."),
     ({"planner": {"optimizer": "nope"}}, "Unknown optimizer 'nope'; known: cem, icem, mppi, "
                                          "random_shooting."),
     ({"planner": {"propagation": "nope"}}, "Unknown propagation 'nope'; known: ts1, ts_inf, "
-                                           "mean, thompson, optimistic."),
+                                           "mean, thompson, optimistic, hucrl."),
     ({"train": {"early_stopping": "nope"}}, "Unknown early_stopping 'nope'; known: mse, nll."),
     ({"model": {"estimator": "nope"}}, "Unknown estimator 'nope'; known: reparameterization, "
                                        "flipout."),
@@ -228,3 +228,56 @@ def test_console_script_exits_non_zero_on_bad_input():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("mbrl-bayes: Unknown task")
+
+
+def _folder_bytes(run_dir):
+    return {name: open(os.path.join(run_dir, name), "rb").read()
+            for name in sorted(os.listdir(run_dir))}
+
+
+class _Payload:
+    """Unpickling this writes ``marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_pickle_checkpoint_in_a_run_folder_is_refused_without_running(trained_run, tmp_path,
+                                                                       capsys):
+    import pickle
+    import shutil
+
+    run_dir = str(tmp_path / "shared")
+    shutil.copytree(trained_run, run_dir)
+    marker = tmp_path / "ran.txt"
+    with open(os.path.join(run_dir, "model.ckpt"), "wb") as f:
+        pickle.dump({"magic": "mbrl_bayes.checkpoint.v1", "params": _Payload(marker)}, f)
+    before = _folder_bytes(run_dir)
+    for argv in (["evaluate", run_dir], ["train", "--resume", run_dir, "--trials", "3"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "old pickle-format" in err and "not loaded" in err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert not marker.exists()
+    assert _folder_bytes(run_dir) == before
+
+
+def test_a_bad_config_in_a_run_folder_loses_nothing(trained_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = str(tmp_path / "badcfg")
+    shutil.copytree(trained_run, run_dir)
+    config = load_json(os.path.join(run_dir, "config.json"))
+    config["model"]["hidden_sizes"] = 16
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    before = _folder_bytes(run_dir)
+    for argv in (["evaluate", run_dir], ["train", "--resume", run_dir]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "model.hidden_sizes must be a list of whole numbers, got 16" in err
+        assert len(err.splitlines()) == 1
+    assert _folder_bytes(run_dir) == before

@@ -17,19 +17,28 @@ from envs import cartpole_swingup
 ALL_TASKS = [
     "cartpole_swingup",
     "cartpole_swingup_noisy",
+    "cartpole_swingup_sparse",
     "halfcheetah",
     "hopper",
     "inverted_pendulum",
+    "mountaincar",
     "pendulum",
     "pendulum_noisy",
+    "pendulum_sparse",
     "pusher",
     "reacher",
+]
+JAX_DYNAMICS_TASKS = [
+    "cartpole_swingup", "cartpole_swingup_sparse", "mountaincar", "pendulum", "pendulum_sparse",
 ]
 EXPECTED_EPISODE_LENGTH = {
     "cartpole_swingup": 200,
     "cartpole_swingup_noisy": 200,
+    "cartpole_swingup_sparse": 200,
+    "mountaincar": 999,
     "pendulum": 200,
     "pendulum_noisy": 200,
+    "pendulum_sparse": 200,
     "inverted_pendulum": 1000,
     "halfcheetah": 1000,
     "hopper": 1000,
@@ -193,16 +202,19 @@ def test_reward_fns_vmap_and_grad():
 def _set_random_state(env: gym.Env, name: str, rng: np.random.Generator) -> np.ndarray:
     """Puts the env in a random state anywhere in its state space; returns its observation."""
     base = env.unwrapped
-    if name == "cartpole_swingup":
+    if name.startswith("cartpole_swingup"):
         base.state = np.array(
             [rng.uniform(-2, 2), rng.uniform(-5, 5), rng.uniform(-np.pi, np.pi), rng.uniform(-8, 8)]
         )
-    else:
-        base.state = np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-8, 8)])
-    return base._obs() if name == "cartpole_swingup" else base._get_obs()
+        return base._obs()
+    if name == "mountaincar":  # the valley to past the flag, both directions
+        base.state = np.array([rng.uniform(-1.2, 0.6), rng.uniform(-0.07, 0.07)], np.float32)
+        return base.state.copy()
+    base.state = np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-8, 8)])
+    return base._get_obs()
 
 
-@pytest.mark.parametrize("name", ["cartpole_swingup", "pendulum"])
+@pytest.mark.parametrize("name", JAX_DYNAMICS_TASKS)
 def test_jax_dynamics_match_env_step(name, env_cache, jitted):
     spec, env = envs.task(name), env_cache(name)
     step = jitted(name, "dynamics_fn")
@@ -225,6 +237,8 @@ def test_jax_dynamics_match_env_step(name, env_cache, jitted):
     obs, act, next_obs, reward = (np.asarray(rows[k]) for k in rows)
     np.testing.assert_allclose(step(obs, act), next_obs, **TOL)
     np.testing.assert_allclose(jitted(name, "reward_fn")(obs, act, next_obs), reward, **TOL)
+    if name != "cartpole_swingup" and name != "pendulum":  # sparse: both values occur
+        assert len(set(np.round(reward).tolist())) >= 2, reward
 
     # Leading dims and vmap.
     next_2d = step(obs.reshape(10, 10, -1), act.reshape(10, 10, -1))
@@ -232,7 +246,7 @@ def test_jax_dynamics_match_env_step(name, env_cache, jitted):
     np.testing.assert_allclose(jax.vmap(spec.dynamics_fn)(obs, act), next_obs, **TOL)
 
 
-@pytest.mark.parametrize("name", ["cartpole_swingup", "pendulum"])
+@pytest.mark.parametrize("name", JAX_DYNAMICS_TASKS)
 def test_jax_dynamics_open_loop_tracks_env(name, env_cache):
     """Rolling the JAX model forward with lax.scan stays on the env's trajectory."""
     spec, env = envs.task(name), env_cache(name)
@@ -306,7 +320,7 @@ def test_noisy_env_is_seeded_and_differs_from_clean(env_cache):
 
 
 def test_mujoco_tasks_have_no_jax_dynamics():
-    with pytest.raises(ValueError, match="no JAX dynamics.*cartpole_swingup, pendulum"):
+    with pytest.raises(ValueError, match="no JAX dynamics.*" + ", ".join(JAX_DYNAMICS_TASKS)):
         envs.jax_dynamics("halfcheetah")
 
 
@@ -445,3 +459,92 @@ def test_cartpole_env_checks_actions_without_wrapper():
         env.step(np.zeros(2))
     with pytest.raises(ValueError, match="non-finite"):
         env.step(np.array([np.inf]))
+
+
+# --- sparse-reward tasks and action repeat ----------------------------------------------------
+
+
+def test_mountaincar_flag_reward_and_termination_match_env(env_cache, jitted):
+    """Steps from states around the flag: +100 and `terminated` exactly where the env says."""
+    env, spec = env_cache("mountaincar"), envs.task("mountaincar")
+    env.reset(seed=0)
+    rng = np.random.default_rng(4)
+    rows = {"obs": [], "act": [], "next_obs": [], "reward": [], "terminated": []}
+    for _ in range(100):
+        env.unwrapped.state = np.array([rng.uniform(0.3, 0.6), rng.uniform(-0.07, 0.07)],
+                                       np.float32)
+        obs = env.unwrapped.state.copy()
+        act = rng.uniform(-1.5, 1.5, (1,)).astype(np.float32)  # unclipped cost, clipped force
+        next_obs, reward, terminated, *_ = env.step(act)
+        for key, value in zip(rows, (obs, act, next_obs, reward, terminated), strict=True):
+            rows[key].append(value)
+    data = {k: np.asarray(v) for k, v in rows.items()}
+    assert 10 < data["terminated"].sum() < 90
+    np.testing.assert_allclose(jitted("mountaincar", "reward_fn")(
+        data["obs"], data["act"], data["next_obs"]), data["reward"], **TOL)
+    np.testing.assert_array_equal(jitted("mountaincar", "termination_fn")(
+        data["obs"], data["act"], data["next_obs"]), data["terminated"])
+    np.testing.assert_allclose(spec.dynamics_fn(data["obs"], data["act"]), data["next_obs"],
+                               **TOL)
+
+
+@pytest.mark.parametrize("name", ["cartpole_swingup_sparse", "pendulum_sparse"])
+def test_sparse_tasks_start_hanging_and_random_play_scores_nothing(name, env_cache):
+    env, spec = env_cache(name), envs.task(name)
+    data = random_rollout(env, spec, steps=200, seed=0)
+    assert np.all(data["reward"] == 0.0)  # random play never reaches the target region
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        cos = obs[2] if name.startswith("cartpole") else obs[0]
+        assert cos < -0.9
+    upright = jnp.array([0.0, 0.0, 1.0, 0.0, 0.0]) if name.startswith("cartpole") else \
+        jnp.array([1.0, 0.0, 0.0])
+    assert spec.reward_fn(upright, jnp.zeros(1), upright) == 1.0
+    if name.startswith("cartpole"):  # upright but off centre: nothing
+        assert spec.reward_fn(upright, jnp.zeros(1), upright.at[0].set(0.3)) == 0.0
+
+
+def test_action_repeat_reward_and_dynamics_match_wrapped_env():
+    """Mountaincar with each action held 5 steps: the block reward, termination and dynamics
+    equal the wrapped env's summed reward, flag and last observation."""
+    repeat = 5
+    spec = envs.task("mountaincar", action_repeat=repeat)
+    assert envs.task("mountaincar", action_repeat=repeat) is spec
+    assert spec.action_repeat == repeat and spec.episode_length == 200  # ceil(999 / 5)
+    env = spec.make()
+    assert isinstance(env, envs.ActionRepeat)
+    rng = np.random.default_rng(5)
+    env.reset(seed=5)
+    rows = {"obs": [], "act": [], "next_obs": [], "reward": [], "terminated": []}
+    for t in range(120):
+        if t % 2:  # half the blocks start near the flag
+            env.unwrapped.state = np.array([rng.uniform(0.2, 0.5), rng.uniform(0.0, 0.07)],
+                                           np.float32)
+        else:
+            env.unwrapped.state = np.array([rng.uniform(-1.2, 0.4), rng.uniform(-0.07, 0.07)],
+                                           np.float32)
+        obs = env.unwrapped.state.copy()
+        act = rng.uniform(-1.2, 1.2, (1,)).astype(np.float32)
+        next_obs, reward, terminated, *_ = env.step(act)
+        for key, value in zip(rows, (obs, act, next_obs, reward, terminated), strict=True):
+            rows[key].append(value)
+    obs, act, next_obs, reward, terminated = (np.asarray(rows[k]) for k in rows)
+    assert 10 < terminated.sum() < 110
+    np.testing.assert_array_equal(spec.termination_fn(obs, act, next_obs), terminated)
+    np.testing.assert_allclose(jax.jit(spec.dynamics_fn)(obs, act), next_obs, **TOL)
+    predicted = np.asarray(spec.reward_fn(obs, act, next_obs))
+    # Exact on blocks that do not reach the flag; the one that does may be over-charged by the
+    # action cost of the steps it did not take (documented in `mountaincar.block_reward_fn`).
+    np.testing.assert_allclose(predicted[~terminated], reward[~terminated], **TOL)
+    gap = reward[terminated] - predicted[terminated]
+    assert np.all(gap >= -1e-4) and np.all(gap <= 0.1 * (repeat - 1) * act[terminated, 0] ** 2
+                                           + 1e-4)
+    np.testing.assert_allclose(reward[terminated], 100.0, atol=0.1 * repeat * 1.44)
+
+
+def test_action_repeat_bad_values_one_line():
+    with pytest.raises(ValueError, match="action_repeat must be an int >= 1"):
+        envs.task("mountaincar", action_repeat=0)
+    with pytest.raises(ValueError, match="has no action_repeat.*mountaincar") as info:
+        envs.task("cartpole_swingup", action_repeat=2)
+    assert "\n" not in str(info.value)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from mbrl_bayes.layers import collection
 from mbrl_bayes.layers.initializers import Initializer, TrainableInitializer
-from mbrl_bayes.layers.modes import is_posterior_mean
+from mbrl_bayes.layers.modes import current_estimator, is_posterior_mean
 from mbrl_bayes.layers.regularizers import Regularizer
 
 
@@ -20,8 +20,17 @@ class BayesianModule(hk.Module):
 
     Subclasses build each weight's distribution with :meth:`weight_distribution` (which also
     records its penalty for ``bl.losses()``) and draw their randomness from
-    :meth:`next_weight_key`.
+    :meth:`next_weight_key`. Layers with two estimators read the one to use from
+    :meth:`estimator`: the ``bl.estimator(...)`` context's, else the class's
+    ``_default_estimator``.
     """
+
+    _default_estimator: str = "reparameterization"
+
+    def estimator(self) -> str:
+        """``"reparameterization"``, ``"flipout"`` or ``"local_reparameterization"``, decided
+        at trace time (see ``bl.estimator``)."""
+        return current_estimator() or self._default_estimator
 
     def weight_distribution(
         self,

@@ -7,7 +7,7 @@ as one matrix product; weights are never materialized per particle.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Tuple, runtime_checkable
 
 import distrax
 import jax
@@ -29,6 +29,7 @@ class Transition(NamedTuple):
     carry: Any = None
 
 
+@runtime_checkable
 class DynamicsModel(Protocol):
     """A posterior over transition functions ``s' = f(s, a) + noise``.
 
@@ -54,6 +55,33 @@ class DynamicsModel(Protocol):
 
     Recurrent (history-conditioned) models also take and return a ``carry`` in ``transition``
     and provide ``initial_carry(params, fns, m)``; see ``VariationalLSTM``.
+
+    ``isinstance(model, DynamicsModel)`` looks for the attributes and methods below by name
+    only; ``models.check_model(model, key)`` lists, one line each, whatever a model lacks of
+    the whole contract, including what its consumers read beyond these methods:
+
+    * ``models.train``: ``params`` is a dict whose ``'stats'`` entry is never trained (the rest
+      is, by optax); ``fit_stats(params, data) -> params`` refits ``'stats'`` on the training
+      set (``data``: numpy ``obs``, ``act``, ``next_obs``, ``reward``, [n, ...]);
+      ``loss(...)[1]`` holds ``'mse'`` (logged per epoch);
+      ``evaluate(params, key, batch) -> dict`` with ``'score'`` and ``'nll_score'`` ([members]
+      or [1], lower is better: early stopping and elite choice) and scalars ``'mse'``,
+      ``'nll'``. Optional: ``num_members`` (default 1; > 1 trains each member on its own
+      bootstrap, ``batch`` leaves then [members, B, ...]) with ``with_elites(params, scores)``;
+      ``sequence_length`` (train on windows [B, L, ...] within episodes; needs a
+      ``ReplayBuffer``).
+    * ``planning.MPC`` / ``planning.rollout``: ``obs_dim``, ``act_dim``, ``learns_reward``
+      (without it MPC needs a ``reward_fn``), ``num_functions`` (draws per action),
+      ``sample_functions`` (inside ``jit``: ``k`` is a static int) and ``transition`` (inside
+      ``jit``, ``vmap`` and ``lax.scan``: pure, shapes static); recurrent models:
+      ``initial_carry`` and ``transition(..., carry=...)``.
+    * the calibration metrics (``agents`` log them each trial): ``predict`` returns a distrax
+      distribution with batch shape [n] and event shape [d]: a ``MixtureSameFamily`` with a
+      ``Categorical`` over ``k`` draws and diagonal-Gaussian components, or one diagonal
+      Gaussian (``metrics.from_mixture`` reads their means and variances).
+
+    Entry points check shapes at trace time (``models.checks``): a wrong shape is one
+    ``ValueError`` line stating the shapes expected, never an error from inside JAX.
     """
 
     obs_dim: int

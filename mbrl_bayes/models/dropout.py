@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Tuple
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params
-from mbrl_bayes.models.ensemble import apply_stacked_mlp, init_stacked_mlp
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 
-class MCDropoutMLP(GaussianDynamics):
-    """One MLP with dropout after every hidden layer, kept on at prediction time.
+def _half_fan_in_truncated_normal(shape: Sequence[int], dtype) -> jax.Array:
+    """Truncated normal (at 2 stddevs) with stddev ``1 / (2 sqrt(fan_in))``, as mbrl-lib and
+    ``models.ensemble.init_stacked_mlp`` initialise their MLPs."""
+    return hk.initializers.TruncatedNormal(1.0 / (2.0 * math.sqrt(shape[0])))(shape, dtype)
 
-    A function draw is one dropout mask per hidden layer, shared by all rows the draw is applied
-    to (so a draw is a fixed function, not fresh noise per particle); ``sample_functions`` returns
-    ``{'masks': [[k, 1, hidden], ...]}`` already scaled by ``1 / (1 - dropout_rate)``. Training
-    uses independent masks per row, as usual.
+
+class MCDropoutMLP(GaussianDynamics):
+    """One MLP with dropout (``bl.MCDropout``) after every hidden layer, kept on at prediction
+    time.
+
+    The network is Haiku's ``hk.Linear`` layers and ``bl.MCDropout`` layers, built like every
+    other model from layers. A function draw is a key (``sample_functions`` returns ``{'key':
+    [k] keys}``): one dropout mask per hidden layer, shared by all rows the draw is applied to
+    (so a draw is a fixed function, not fresh noise per particle). Training uses independent
+    masks per row (``bl.estimator("flipout")``, the per-row estimator), as usual.
 
     The default ``dropout_rate=0.01``: per-row masks in training also widen the learned
     variance, so larger rates double-count their spread; on ``pendulum_noisy`` (noise of known
@@ -51,26 +62,28 @@ class MCDropoutMLP(GaussianDynamics):
             raise ValueError(f"dropout_rate must be in (0, 1), got {dropout_rate}.")
         self.dropout_rate = float(dropout_rate)
         self.num_eval_draws = int(num_eval_draws)
+        self._net = hk.transform(self._forward)
 
-    def _init_net(self, key: jax.Array, x: jax.Array) -> list:
-        sizes = (self.in_dim,) + self.hidden_sizes + (self.out_size,)
-        return init_stacked_mlp(key, 1, sizes)
+    def _forward(self, x: jax.Array) -> jax.Array:
+        """Standardized inputs ``[..., in_dim]`` to raw outputs ``[..., out_size]``."""
+        for size in self.hidden_sizes:
+            x = self.activation(hk.Linear(size, w_init=_half_fan_in_truncated_normal)(x))
+            x = bl.MCDropout(self.dropout_rate)(x)
+        return hk.Linear(self.out_size, w_init=_half_fan_in_truncated_normal)(x)
 
-    def _masks(self, key: jax.Array, k: int, rows: int) -> list:
-        keep = 1.0 - self.dropout_rate
-        keys = jax.random.split(key, len(self.hidden_sizes))
-        return [
-            jax.random.bernoulli(kk, keep, (k, rows, h)).astype(jnp.float32) / keep
-            for kk, h in zip(keys, self.hidden_sizes)
-        ]
+    def _init_net(self, key: jax.Array, x: jax.Array) -> hk.Params:
+        return self._net.init(key, x)
 
-    def _apply_net(self, net: list, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
+    def _apply_net(self, net: hk.Params, fns: Functions, key: jax.Array,
+                   x: jax.Array) -> jax.Array:
+        # bl.MCDropout's default: one mask per draw, shared by its m rows (loss() chooses
+        # per-row masks with bl.estimator("flipout")).
         del key
-        split = self.target_dim if self.probabilistic else None
-        return apply_stacked_mlp(net, x, self.activation, masks=fns["masks"], split=split)
+        return jax.vmap(self._net.apply, (None, 0, 0))(net, fns["key"], x)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
-        return {"masks": self._masks(key, k, 1)}
+        return {"key": jax.random.split(key, k)}
 
     def eval_functions(self, params: Params, key: jax.Array) -> Functions:
         return self.sample_functions(params, key, self.num_eval_draws)
@@ -80,10 +93,9 @@ class MCDropoutMLP(GaussianDynamics):
         independent dropout masks per row. ``batch`` arrays are [B, ...]. Metrics ``nll`` (nats
         per transition) and ``mse``, in standardized target units."""
         obs, act, target = self.standardized_targets(params, batch)
-        fns = {"masks": self._masks(key, 1, obs.shape[0])}
-        mean, logvar = self._standardized_prediction(
-            params, fns, key, obs[None], act[None]
-        )
+        with bl.estimator("flipout"):  # per-row masks
+            mean, logvar = self._standardized_prediction(
+                params, {"key": key[None]}, key, obs[None], act[None])
         loss = self._pets_objective(params, self._training_nll(mean, logvar, target).mean(-1))
         nll = self._predictive_nll(mean, logvar, target).mean()
         return loss, {"nll": nll, "mse": jnp.square(mean - target).mean()}

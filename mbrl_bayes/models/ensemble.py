@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 
@@ -25,7 +26,7 @@ def init_stacked_mlp(key: jax.Array, num_members: int, sizes: Sequence[int]) -> 
 
 def apply_stacked_mlp(
     layers: list, x: jax.Array, activation: Callable[[jax.Array], jax.Array],
-    masks: Optional[list] = None, split: Optional[int] = None,
+    split: Optional[int] = None,
 ) -> jax.Array | Tuple[jax.Array, jax.Array]:
     """Member ``i`` of the stacked MLP applied to rows ``x[i]``: [k, m, in] -> [k, m, out].
 
@@ -34,8 +35,6 @@ def apply_stacked_mlp(
     is returned as two heads, outputs ``[:split]`` and ``[split:]``: one product for both (the
     activations are read once), with the bias halves added after the split (on XLA:CPU, adding
     the bias before slicing fuses into a loop it does not vectorize, ~3x slower).
-    ``masks`` (optional, one [k, 1 or m, hidden] multiplier per hidden layer) implements
-    dropout.
     """
     def product(x, w):
         if w.shape[0] == 1:  # one weight set shared by every draw: a plain matrix product
@@ -45,10 +44,8 @@ def apply_stacked_mlp(
     def bias(b):  # [E, out] -> broadcastable to [k, m, out]
         return b[0] if b.shape[0] == 1 else b[:, None, :]
 
-    for i, layer in enumerate(layers[:-1]):
+    for layer in layers[:-1]:
         x = activation(product(x, layer["w"]) + bias(layer["b"]))
-        if masks is not None:
-            x = x * masks[i]
     y, b = product(x, layers[-1]["w"]), bias(layers[-1]["b"])
     if split is None:
         return y + b
@@ -138,6 +135,7 @@ class ProbabilisticEnsemble(GaussianDynamics):
         split = self.target_dim if self.probabilistic else None
         return apply_stacked_mlp(fns["layers"], x, self.activation, split=split)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         """Weights of ``k`` members, ``{'layers': [{'w': [k, in, out], 'b': [k, out]}, ...],
         'member': [k]}``: the elites tiled if ``k`` is a multiple of ``num_elites``, else ``k``

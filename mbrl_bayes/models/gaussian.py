@@ -29,6 +29,7 @@ import numpy as np
 
 from mbrl_bayes import sampling
 from mbrl_bayes.models.base import Batch, Functions, Params, RolloutStates, Transition
+from mbrl_bayes.models.checks import check_finite, check_obs_act, checks_draw_inputs
 from mbrl_bayes.models.likelihood import gaussian_nll
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.transition_math import (
@@ -75,28 +76,6 @@ def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callab
     if activation not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}.")
     return ACTIVATIONS[activation]
-
-
-def check_obs_act(obs: Any, act: Any, obs_dim: int, act_dim: int, where: str) -> None:
-    """Raises a one-line ValueError unless ``obs`` [..., obs_dim], ``act`` [..., act_dim] agree."""
-    obs_shape, act_shape = np.shape(obs), np.shape(act)
-    if len(obs_shape) < 1 or obs_shape[-1] != obs_dim:
-        raise ValueError(f"{where}: obs must have shape [..., {obs_dim}], got {obs_shape}.")
-    if len(act_shape) < 1 or act_shape[-1] != act_dim:
-        raise ValueError(f"{where}: act must have shape [..., {act_dim}], got {act_shape}.")
-    if obs_shape[:-1] != act_shape[:-1]:
-        raise ValueError(
-            f"{where}: obs {obs_shape} and act {act_shape} must share their leading dimensions."
-        )
-
-
-def check_finite(name: str, x: Any) -> None:
-    """Raises a one-line ValueError if concrete array ``x`` holds NaN or inf (no-op on tracers)."""
-    if isinstance(x, jax.core.Tracer):
-        return
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf values.")
 
 
 class GaussianDynamics(abc.ABC):
@@ -208,7 +187,8 @@ class GaussianDynamics(abc.ABC):
     # ----------------------------------------------------------------- params
     def init(self, key: jax.Array, obs: jax.Array, act: jax.Array) -> Params:
         """Initial params from example ``obs`` [n, d], ``act`` [n, a] (identity normalization)."""
-        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.init")
+        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.init",
+                      axes=("n",))
         check_finite("obs", obs)
         check_finite("act", act)
         x = jnp.concatenate([jnp.asarray(obs, jnp.float32), jnp.asarray(act, jnp.float32)], -1)
@@ -335,6 +315,7 @@ class GaussianDynamics(abc.ABC):
         stats = jax.lax.stop_gradient(params["stats"])
         return obs, act, stats["target"].normalize(target)
 
+    @checks_draw_inputs
     def transition(
         self,
         params: Params,
@@ -372,6 +353,7 @@ class GaussianDynamics(abc.ABC):
         reward = out[..., self.obs_dim] if self.learns_reward else None
         return Transition(next_obs, reward, carry)
 
+    @checks_draw_inputs
     def step(
         self, params: Params, fns: Functions, key: jax.Array, obs: jax.Array, act: jax.Array
     ) -> jax.Array:
@@ -387,6 +369,8 @@ class GaussianDynamics(abc.ABC):
 
         ``k`` is ``num_functions`` (all elites) for ensembles, else ``num_draws`` (default 20).
         """
+        check_obs_act(obs, act, self.obs_dim, self.act_dim,
+                      f"{type(self).__name__}.predict_moments", axes=("n",))
         k = self.num_functions or (num_draws or 20)
         fn_key, net_key = jax.random.split(key)
         fns = self.sample_functions(params, fn_key, k)
@@ -409,7 +393,10 @@ class GaussianDynamics(abc.ABC):
         """Predictive distribution of ``next_obs`` for ``obs`` [n, d], ``act`` [n, a]: an
         equal-weight mixture over function draws of diagonal Gaussians (batch shape [n], event
         shape [d])."""
-        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.predict")
+        check_obs_act(obs, act, self.obs_dim, self.act_dim, f"{type(self).__name__}.predict",
+                      axes=("n",))
+        check_finite(f"{type(self).__name__}.predict: obs", obs)
+        check_finite(f"{type(self).__name__}.predict: act", act)
         mean, var = self.predict_moments(params, key, obs, act, num_draws)
         loc = jnp.moveaxis(mean, 0, -2)  # [n, k, d]
         scale = jnp.sqrt(jnp.moveaxis(var, 0, -2))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 PureNetwork = Tuple[Callable[..., Any], Callable[..., Any]]  # (init, apply)
@@ -185,10 +186,16 @@ class NetworkDynamics(GaussianDynamics):
         return jax.vmap(member_apply, (0, 0, x_axis))(fns["member"], fns["key"], x)
 
     def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> Any:
+        # Function draws (planning, predict, evaluate): per-row estimators (flipout, local
+        # reparameterization, per-row dropout masks) are for training, so every ``bl`` layer
+        # draws its weights from the draw's key: one function per key.
         del key
-        mean, raw_logvar = self._outputs(self._per_draw(self._apply, net, fns, x))
+        with bl.estimator("reparameterization"):
+            out = self._per_draw(self._apply, net, fns, x)
+        mean, raw_logvar = self._outputs(out)
         return mean if raw_logvar is None else (mean, raw_logvar)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         if self.ensemble_size is None:
             return {"key": jax.random.split(key, k)}

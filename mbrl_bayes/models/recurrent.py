@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params, Transition
+from mbrl_bayes.models.checks import check_obs_act, checks_draw_inputs, checks_num_draws
 from mbrl_bayes.models.gaussian import DETERMINISTIC_STD, GaussianDynamics
 from mbrl_bayes.models.variational import (
     DEFAULT_POSTERIOR_STDDEV_INIT,
@@ -132,6 +133,7 @@ class VariationalLSTM(GaussianDynamics):
             return jax.vmap(lambda f, r: one(f, r, None))(fns["key"], x)
         return jax.vmap(one)(fns["key"], x, carry)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         return {"key": jax.random.split(key, k)}
 
@@ -145,6 +147,7 @@ class VariationalLSTM(GaussianDynamics):
         zeros = jnp.zeros((k, m, self.lstm_size), jnp.float32)
         return {"hidden": zeros, "cell": zeros}
 
+    @checks_draw_inputs
     def transition(
         self,
         params: Params,
@@ -213,6 +216,8 @@ class VariationalLSTM(GaussianDynamics):
     ) -> Tuple[jax.Array, jax.Array]:
         """Per-draw mean and variance [k, n, T, d] of ``next_obs`` for histories ``obs``
         [n, T, d], ``act`` [n, T, a]: step ``t`` conditions on steps ``0..t``."""
+        check_obs_act(obs, act, self.obs_dim, self.act_dim,
+                      f"{type(self).__name__}.predict_sequence_moments", axes=("n", "T"))
         keys = jax.random.split(key, num_draws)
         batch = {"obs": obs, "act": act, "next_obs": obs}
         if self.learns_reward:

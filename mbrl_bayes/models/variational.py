@@ -11,6 +11,7 @@ import numpy as np
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params
+from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 ESTIMATORS = {
@@ -119,6 +120,7 @@ class VariationalMLP(GaussianDynamics):
         apply = lambda k, rows: self._function_net.apply(net, k, rows)[0]  # noqa: E731
         return jax.vmap(apply)(fns["key"], x)
 
+    @checks_num_draws
     def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
         return {"key": jax.random.split(key, k)}
 

@@ -15,9 +15,10 @@ from mbrl_bayes.planning.optimizers import (
     RandomShooting,
     TrajectoryOptimizer,
 )
-from mbrl_bayes.planning.rollout import PROPAGATIONS, RolloutResult, rollout
+from mbrl_bayes.planning.rollout import BONUSES, PROPAGATIONS, RolloutResult, rollout
 
 __all__ = [
+    "BONUSES",
     "CEM",
     "ICEM",
     "ICEMState",

@@ -31,11 +31,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mbrl_bayes.compile import jit
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
+from mbrl_bayes.models.checks import check_finite
 from mbrl_bayes.planning.optimizers import TrajectoryOptimizer
 from mbrl_bayes.planning.rollout import (
     RewardFn,
     RolloutResult,
     TerminationFn,
+    check_bonus,
     check_propagation,
     is_recurrent,
     rollout,
@@ -85,9 +87,14 @@ class MPC:
         horizon: planning horizon ``H``.
         action_low, action_high: action bounds (scalars or [a]).
         num_particles: particles per candidate ``P``.
-        propagation: ``ts1``, ``ts_inf``, ``mean``, ``thompson`` or ``optimistic`` (see
-            :mod:`mbrl_bayes.planning.rollout`).
-        beta: optimism weight (``optimistic`` only).
+        propagation: ``ts1``, ``ts_inf``, ``mean``, ``thompson``, ``optimistic`` or ``hucrl``
+            (see :mod:`mbrl_bayes.planning.rollout`). ``hucrl`` optimizes [H, a + d] sequences
+            (the action, then the hallucinated ``eta`` in ``[-1, 1]^d``); ``act`` and ``plan``
+            still return actions only (``info["best_sequence"]`` keeps the ``eta``).
+        beta: optimism weight (``optimistic`` and ``hucrl``).
+        bonus: ``None`` or ``"disagreement"``: an intrinsic reward for the spread of the
+            function draws' predictions (with ``mean`` or ``hucrl``).
+        bonus_scale: the bonus's weight per step.
         num_functions: function draws per action (not ``thompson``); default the model's
             ``num_functions`` or, for models with unlimited draws, ``num_particles``.
         devices: devices to shard candidates over; default all visible devices.
@@ -116,6 +123,8 @@ class MPC:
         devices: Optional[Sequence[jax.Device]] = None,
         unroll: int | bool = 1,
         history_length: Optional[int] = None,
+        bonus: Optional[str] = None,
+        bonus_scale: float = 1.0,
     ):
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -128,6 +137,9 @@ class MPC:
         else:
             k = model.num_functions or int(num_particles)
         check_propagation(propagation, int(num_particles), k)
+        check_bonus(bonus, propagation, bonus_scale)
+        self.bonus = bonus
+        self.bonus_scale = float(bonus_scale)
         self.model = model
         self.optimizer = optimizer
         self.reward_fn = reward_fn
@@ -139,6 +151,13 @@ class MPC:
         self.num_functions = k
         # Validates the bounds once, at the boundary.
         self._plan0 = optimizer.init(self.horizon, model.act_dim, action_low, action_high)
+        if propagation == "hucrl":  # the plan also holds eta in [-1, 1]^d per step
+            low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32), (model.act_dim,))
+                         for b in (action_low, action_high))
+            ones = jnp.ones((model.obs_dim,), jnp.float32)
+            self._plan0 = optimizer.init(self.horizon, model.act_dim + model.obs_dim,
+                                         jnp.concatenate([low, -ones]),
+                                         jnp.concatenate([high, ones]))
         devices = list(jax.devices() if devices is None else devices)
         valid_int = isinstance(unroll, (int, np.integer)) and not isinstance(unroll, bool)
         if not (unroll is True or (valid_int and unroll >= 1)):
@@ -202,15 +221,15 @@ class MPC:
         self, params: Params, state: MPCState, obs: jax.Array, action_seqs: jax.Array,
         key: jax.Array, return_trajectory: bool = False,
     ) -> RolloutResult:
-        """Scores ``action_seqs`` [N, H, a] from ``obs`` [d] exactly as the planner does."""
+        """Scores ``action_seqs`` [N, H, a] (``hucrl``: [N, H, a + d]) from ``obs`` [d] exactly
+        as the planner does."""
         self._check_obs(state, obs, allow_batch=False)
         return self._evaluate(params, state, jnp.asarray(obs, jnp.float32), action_seqs, key,
                               bool(return_trajectory))
 
     # ------------------------------------------------------------------ internals
     def _check_obs(self, state: MPCState, obs: Any, allow_batch: bool = True) -> Optional[int]:
-        if isinstance(obs, np.ndarray) and not np.all(np.isfinite(obs)):
-            raise ValueError("MPC: obs contains NaN or inf values.")
+        check_finite("MPC: obs", obs)  # numpy or jax arrays, where the data enters
         shape = np.shape(obs)
         d = self.model.obs_dim
         if len(shape) not in ((1, 2) if allow_batch else (1,)) or shape[-1] != d:
@@ -289,7 +308,7 @@ class MPC:
         return rollout(
             self.model, params, fns, obs, self._shard(action_seqs), self.reward_fn,
             self.termination_fn, key, self.propagation, self.num_particles, self.beta,
-            return_trajectory, self.unroll, carry0,
+            return_trajectory, self.unroll, carry0, self.bonus, self.bonus_scale,
         )
 
     def _plan_impl(self, params: Params, state: MPCState, obs: jax.Array, key: jax.Array):
@@ -302,6 +321,7 @@ class MPC:
             return self._rollout(params, fns, obs, action_seqs, eval_key, carry0).objective
 
         plan, plan_state, info = self.optimizer.optimize(objective, state.plan, opt_key)
+        plan = plan[:, : self.model.act_dim]  # hucrl: drop the hallucinated eta
         history = self._remember(state.history, obs, plan[0])
         return plan, MPCState(plan_state, state.functions, history), info
 

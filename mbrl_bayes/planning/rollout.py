@@ -18,7 +18,21 @@ a ``lax.scan``. How particles meet functions is the *propagation* mode:
               all particles use it (aleatoric noise is still sampled).
 ``optimistic``  as ``ts_inf``, but the objective is ``mean_k + beta * std_k`` of the per-function
               returns (each function's return averaged over its particles).
+``hucrl``     optimism by hallucinated control (H-UCRL, Curi, Berkenkamp & Krause 2020): each
+              candidate holds, per step, the real action and a hallucinated ``eta`` in
+              ``[-1, 1]^d`` (``action_seqs`` is [N, H, a + d], ``eta`` last, clipped); one
+              deterministic trajectory per candidate, ``s' = mean_k(f(s, a)) + beta *
+              std_k(f(s, a)) * eta`` over the ``k`` functions' noise-free predictions (the
+              epistemic std, in the state's units). The optimizer picks the ``eta`` that helps
+              most, i.e. the plausible model under which the plan does best.
 ============  =====================================================================================
+
+``bonus="disagreement"`` (Pathak et al. 2019; Sekar et al. 2020, Plan2Explore) adds an intrinsic
+reward ``bonus_scale * mean_d(std_k(f(s, a)))`` per step to the objective: the spread of the
+``k`` functions' noise-free predictions at each candidate's state and action. It is defined for
+the modes that already pass each candidate's state through all ``k`` functions (``mean``,
+``hucrl``); the others are refused (``thompson`` has one function, and the particle modes would
+need ``k`` times the transitions). ``mean_return`` stays the extrinsic return.
 
 Particles that terminate (``termination_fn``) stop collecting reward; the reward of the
 terminating transition itself is collected. A model whose ``rollout_states`` is not ``None`` (the
@@ -41,7 +55,9 @@ import jax.numpy as jnp
 
 from mbrl_bayes.models.base import DynamicsModel, Functions, Params
 
-PROPAGATIONS = ("ts1", "ts_inf", "mean", "thompson", "optimistic")
+PROPAGATIONS = ("ts1", "ts_inf", "mean", "thompson", "optimistic", "hucrl")
+# Intrinsic rewards (``bonus``) and the propagation modes each is defined with.
+BONUSES = {"disagreement": ("mean", "hucrl")}
 
 # fn(obs [..., d], act [..., a], next_obs [..., d]) -> [...]
 RewardFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -53,7 +69,8 @@ class RolloutResult(NamedTuple):
 
     Attributes:
         objective: [N] what a planner maximizes: ``mean_return``, or for ``optimistic``
-            ``mean_k + beta * std_k`` over the per-function returns.
+            ``mean_k + beta * std_k`` over the per-function returns; plus the intrinsic return
+            of a ``bonus``.
         mean_return: [N] return averaged over particles.
         std_return: [N] standard deviation of the return over particles (its spread).
         particle_returns: [N, P] return of each particle; particle ``p`` keeps its index over time.
@@ -97,8 +114,25 @@ def check_propagation(propagation: str, num_particles: int, num_functions: int) 
             f"propagation {propagation!r} spreads particles evenly over function draws: "
             f"num_particles={num_particles} is not divisible by the {num_functions} draws."
         )
-    if propagation == "optimistic" and num_functions < 2:
-        raise ValueError("propagation 'optimistic' needs at least 2 function draws for a spread.")
+    if propagation in ("optimistic", "hucrl") and num_functions < 2:
+        raise ValueError(f"propagation {propagation!r} needs at least 2 function draws for a "
+                         "spread.")
+
+
+def check_bonus(bonus: Optional[str], propagation: str, bonus_scale: float = 1.0) -> None:
+    """Raises a one-line ValueError unless ``bonus`` (None or a key of :data:`BONUSES`) is
+    defined with ``propagation`` and ``bonus_scale`` is a finite number >= 0."""
+    if bonus is None:
+        return
+    if bonus not in BONUSES:
+        raise ValueError(f"Unknown bonus {bonus!r}; expected one of {tuple(BONUSES)} or None.")
+    if propagation not in BONUSES[bonus]:
+        raise ValueError(f"bonus {bonus!r} needs each candidate's state through all function "
+                         f"draws: it is defined with propagation {' or '.join(BONUSES[bonus])}, "
+                         f"not {propagation!r}.")
+    scale = float(bonus_scale)
+    if not (scale >= 0 and scale < float("inf")):
+        raise ValueError(f"bonus_scale must be a finite number >= 0, got {bonus_scale!r}.")
 
 
 def rollout(
@@ -116,6 +150,8 @@ def rollout(
     return_trajectory: bool = False,
     unroll: int | bool = 1,
     initial_carry: Any = None,
+    bonus: Optional[str] = None,
+    bonus_scale: float = 1.0,
 ) -> RolloutResult:
     """Rolls ``N`` candidate action sequences out from ``obs0`` through the model.
 
@@ -125,24 +161,28 @@ def rollout(
         params: the model's params.
         fns: ``k`` function draws (``model.sample_functions(params, key, k)``), drawn once outside.
         obs0: [d] start state shared by all candidates, or [B, d] for a batch of environments.
-        action_seqs: [N, H, a] candidate action sequences ([B, N, H, a] with a batch).
+        action_seqs: [N, H, a] candidate action sequences ([B, N, H, a] with a batch); for
+            ``hucrl`` [N, H, a + d]: each step's action, then its hallucinated ``eta``.
         reward_fn: ``fn(obs, act, next_obs) -> reward``; ``None`` uses the model's learned reward.
         termination_fn: ``fn(obs, act, next_obs) -> bool``; ``None`` never terminates.
         key: drives the aleatoric noise (and the ``ts1`` reshuffles).
         propagation: one of :data:`PROPAGATIONS` (see the module docstring).
         num_particles: ``P``, particles per candidate (ignored by ``mean``).
-        beta: optimism weight of ``optimistic``.
+        beta: optimism weight of ``optimistic`` and ``hucrl``.
         return_trajectory: also return the [N, P, H + 1, d] particle states.
         unroll: time steps per trip of the horizon's ``lax.scan`` (``True``: the whole horizon
             as straight-line code). Same results; longer compiles for a little speed on GPUs.
         initial_carry: recurrent models only: the history state each function draw starts from
             at ``obs0``, leaves ``[k, ...]`` (one row of ``model.initial_carry``); ``None``: zeros.
+        bonus: ``None`` or ``"disagreement"`` (see the module docstring).
+        bonus_scale: weight of the bonus per step.
 
     Returns:
         A :class:`RolloutResult` (every field with a leading ``B`` axis for a batch).
     """
     k = num_draws(fns)
     check_propagation(propagation, num_particles, k)
+    check_bonus(bonus, propagation, bonus_scale)
     if reward_fn is None and not model.learns_reward:
         raise ValueError("reward_fn is None but the model does not learn the reward.")
     obs0, action_seqs = jnp.asarray(obs0), jnp.asarray(action_seqs)
@@ -151,7 +191,8 @@ def rollout(
         # (an ``initial_carry`` then has a leading batch axis: one history per environment).
         def one(o, seqs, k_, carry):
             return rollout(model, params, fns, o, seqs, reward_fn, termination_fn, k_,
-                           propagation, num_particles, beta, return_trajectory, unroll, carry)
+                           propagation, num_particles, beta, return_trajectory, unroll, carry,
+                           bonus, bonus_scale)
 
         keys = jax.random.split(key, obs0.shape[0])
         return jax.vmap(one)(obs0, action_seqs, keys, initial_carry)  # None maps to None
@@ -160,9 +201,17 @@ def rollout(
             f"rollout expects obs0 [d] and action_seqs [N, H, a] (or [B, d] and [B, N, H, a]), "
             f"got {obs0.shape} and {action_seqs.shape}."
         )
-    num_candidates, horizon, _ = action_seqs.shape
+    num_candidates, horizon, width = action_seqs.shape
     obs0 = obs0.astype(jnp.float32)
     acts = jnp.swapaxes(action_seqs.astype(jnp.float32), 0, 1)  # [H, N, a], time-major
+    etas = None
+    if propagation == "hucrl":
+        a, d = model.act_dim, obs0.shape[-1]
+        if width != a + d:
+            raise ValueError(f"propagation 'hucrl' plans the action and a hallucinated eta per "
+                             f"step: action_seqs needs a + d = {a} + {d} = {a + d} entries per "
+                             f"step, got {width}.")
+        acts, etas = acts[..., :a], jnp.clip(acts[..., a:], -1.0, 1.0)
     keys = jax.random.split(key, horizon)
 
     def reward_and_done(obs, act, next_obs, learned):
@@ -176,8 +225,10 @@ def rollout(
                          f"{type(model).__name__} has no history state.")
     ctx = _Context(model, params, fns, acts, keys, reward_and_done, k, return_trajectory,
                    recurrent, unroll, initial_carry)
-    if propagation == "mean":
-        particle_returns, traj = _rollout_mean(ctx, obs0)
+    intrinsic = None
+    if propagation in ("mean", "hucrl"):
+        scale = None if bonus is None else float(bonus_scale)
+        particle_returns, intrinsic, traj = _rollout_mean(ctx, obs0, etas, float(beta), scale)
     elif propagation == "ts1":
         particle_returns, traj = _rollout_ts1(ctx, obs0, num_particles)
     else:  # ts_inf, thompson, optimistic: particle p uses function p % k throughout
@@ -191,6 +242,8 @@ def rollout(
         objective = per_fn.mean(axis=1) + beta * per_fn.std(axis=1)
     else:
         objective = mean_return
+    if intrinsic is not None:
+        objective = objective + _finite(intrinsic)
     trajectory = None
     if return_trajectory:  # traj: [N, P, H, d]
         start = jnp.broadcast_to(obs0, traj.shape[:2] + (1, obs0.shape[-1]))
@@ -376,32 +429,45 @@ def _rollout_ts1(ctx: _Context, obs0: jax.Array, num_particles: int):
     return ret, traj
 
 
-def _rollout_mean(ctx: _Context, obs0: jax.Array):
+def _rollout_mean(ctx: _Context, obs0: jax.Array, etas: Optional[jax.Array] = None,
+                  beta: float = 1.0, bonus_scale: Optional[float] = None):
     """One deterministic trajectory per candidate: the mean over the ``k`` functions' noiseless
-    predictions (and learned rewards) at every step."""
+    predictions (and learned rewards) at every step; with ``etas`` [H, N, d] (``hucrl``) plus
+    ``beta * std_k * eta``. With ``bonus_scale`` also the intrinsic return [N] of
+    ``bonus_scale * mean_d(std_k)`` per step (else None)."""
     k = ctx.k
     horizon, n, act_dim = ctx.acts.shape
     d = obs0.shape[-1]
+    if etas is None:
+        etas = jnp.zeros((horizon, 0), jnp.float32)  # scanned over; unused
 
     def body(carry, xs):
-        obs, ret, alive, history = carry  # history (recurrent models): per function [k, N, ...]
-        act_t, key_t = xs
+        obs, ret, bonus, alive, history = carry  # history: per function [k, N, ...]
+        act_t, key_t, eta_t = xs
         tr, history = _transition(
             ctx, key_t, jnp.broadcast_to(obs[None], (k, n, d)),
             jnp.broadcast_to(act_t[None], (k, n, act_dim)), history, sample_noise=False,
         )
         next_obs = tr.next_obs.mean(axis=0)
+        spread = tr.next_obs.std(axis=0)  # [N, d] epistemic std, the state's units
+        if eta_t.shape[-1]:
+            next_obs = next_obs + beta * spread * eta_t
         learned = None if tr.reward is None else tr.reward.mean(axis=0)
         reward, done = ctx.reward_and_done(obs, act_t, next_obs, learned)
+        if bonus_scale is not None:
+            bonus = bonus + jnp.where(alive, bonus_scale * spread.mean(axis=-1), 0.0)
         ret, alive = _accumulate(ret, alive, reward, done)
-        return (next_obs, ret, alive, history), next_obs
+        out = next_obs if ctx.return_trajectory else None
+        return (next_obs, ret, bonus, alive, history), out
 
     init = (
         jnp.broadcast_to(obs0, (n, d)),
         jnp.zeros((n,), jnp.float32),
+        jnp.zeros((n,), jnp.float32),
         jnp.ones((n,), bool),
         _initial_carry(ctx, n),
     )
-    (_, ret, _, _), states = _scan(ctx, body, init)
+    (_, ret, bonus, _, _), states = jax.lax.scan(body, init, (ctx.acts, ctx.keys, etas),
+                                                 unroll=ctx.unroll)
     traj = None if states is None else jnp.moveaxis(states, 0, 1)[:, None]  # [N, 1, H, d]
-    return ret[:, None], traj
+    return ret[:, None], (bonus if bonus_scale is not None else None), traj
