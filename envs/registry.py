@@ -13,7 +13,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from envs import cartpole_swingup, mountaincar, mujoco_tasks, pendulum, sparse_tasks
+from envs import cartpole_swingup, mountaincar, mujoco_tasks, noisy, pendulum, sparse_tasks
 from envs.spec import DynamicsFn, TaskSpec, TransitionFn
 from envs.wrappers import ActionRepeat, ValidateAction
 
@@ -22,6 +22,14 @@ _CARTPOLE_SWINGUP_SPEC = gym.envs.registration.EnvSpec(
     entry_point=cartpole_swingup.CartpoleSwingupEnv,
     max_episode_steps=cartpole_swingup.EPISODE_LENGTH,
 )
+_NOISY_SPECS = {  # envs/noisy.py: process noise of known std, a ground truth for calibration
+    "cartpole_swingup_noisy": gym.envs.registration.EnvSpec(
+        id="CartpoleSwingupNoisy-v0", entry_point=noisy.NoisyCartpoleSwingupEnv,
+        max_episode_steps=cartpole_swingup.EPISODE_LENGTH),
+    "pendulum_noisy": gym.envs.registration.EnvSpec(
+        id="PendulumNoisy-v0", entry_point=noisy.NoisyPendulumEnv,
+        max_episode_steps=pendulum.EPISODE_LENGTH),
+}
 _CARTPOLE_SWINGUP_SPARSE_SPEC = gym.envs.registration.EnvSpec(
     id="CartpoleSwingupSparse-v0",
     entry_point=sparse_tasks.CartpoleSwingupSparseEnv,
@@ -153,6 +161,27 @@ _TASKS: Mapping[str, TaskSpec] = types.MappingProxyType(
                 action_high=[pendulum.MAX_TORQUE],
                 pinned=dict(g=pendulum.GRAVITY),
                 dynamics_fn=pendulum.step_obs,
+            ),
+            _spec(
+                "pendulum_noisy",
+                _NOISY_SPECS["pendulum_noisy"],
+                pendulum.reward_fn,
+                pendulum.termination_fn,
+                episode_length=pendulum.EPISODE_LENGTH,
+                obs_dim=pendulum.OBS_DIM,
+                action_low=[-pendulum.MAX_TORQUE],
+                action_high=[pendulum.MAX_TORQUE],
+                pinned=dict(g=pendulum.GRAVITY),
+            ),
+            _spec(
+                "cartpole_swingup_noisy",
+                _NOISY_SPECS["cartpole_swingup_noisy"],
+                cartpole_swingup.reward_fn,
+                cartpole_swingup.termination_fn,
+                episode_length=cartpole_swingup.EPISODE_LENGTH,
+                obs_dim=cartpole_swingup.OBS_DIM,
+                action_low=[-1.0],
+                action_high=[1.0],
             ),
             _spec(
                 "inverted_pendulum",

@@ -4,6 +4,8 @@ epistemic/aleatoric split and the k-step open-loop rollout error for k = 1..hori
 
     python experiments/calibration.py --out docs/results/calibration
     python experiments/calibration.py --envs pendulum --seeds 0 1 2 --out results/calib
+    python experiments/calibration.py --envs pendulum_noisy --models oracle PE "variational MLP" \
+        --out results/calib_noisy   # noise of known std: 'oracle' is the true predictive
 
 Writes ``results.md`` (mean ± std over seeds), ``reliability_<env>.png`` (expected vs observed
 quantile coverage) and ``kstep_<env>.png``. Resumable: finished (env, model, seed) cells are
@@ -26,6 +28,7 @@ import numpy as np
 
 import envs
 from agents import ModelConfig, build_model
+from envs import noisy
 from experiments.common import command_line
 from experiments.engine import Job, add_engine_args, engine_from_args, run_jobs
 from mbrl_bayes import metrics
@@ -43,6 +46,9 @@ MODELS: Dict[str, ModelConfig] = {
     "GP": ModelConfig(name="gp"),
     "deep GP": ModelConfig(name="dgp"),
 }
+# The true predictive of a noisy task (``envs.noisy.next_obs_moments``): what a calibrated
+# model should match; a row only for the ``_noisy`` envs.
+ORACLE = "oracle"
 
 
 def collect(env_name: str, episodes: int, seed: int, episode_length: int) -> ReplayBuffer:
@@ -77,7 +83,28 @@ def _model(cfg: ModelConfig, spec, hidden, sequence_length):
     return build_model(cfg, spec.obs_dim, spec.act_dim)
 
 
+def _oracle_cell(env_name: str, seed: int, args: argparse.Namespace) -> dict:
+    """The metrics of the exact next-observation moments of a ``_noisy`` task."""
+    spec = envs.task(env_name)
+    length = args.episode_length or spec.episode_length
+    t = collect(env_name, args.test_episodes, 10_000 + seed, length).as_dict()
+    mean, var = noisy.next_obs_moments(env_name, t["obs"], t["act"])
+    pred, y = (mean[None], var[None]), t["next_obs"]
+    expected, observed = metrics.calibration_curve(pred, y)
+    return {
+        "nll": float(metrics.nll(pred, y)), "rmse": float(metrics.rmse(pred, y)),
+        "coverage50": float(metrics.coverage(pred, y, 0.5)),
+        "coverage90": float(metrics.coverage(pred, y, 0.9)),
+        "calibration_error": float(metrics.calibration_error(pred, y)),
+        "sharpness": float(metrics.sharpness(pred)), "epistemic_var": 0.0,
+        "aleatoric_var": float(jnp.mean(var)), "expected": np.asarray(expected).tolist(),
+        "observed": np.asarray(observed).tolist(), "train_seconds": 0.0, "epochs": 0,
+    }
+
+
 def evaluate_cell(env_name: str, label: str, seed: int, args: argparse.Namespace) -> dict:
+    if label == ORACLE:
+        return _oracle_cell(env_name, seed, args)
     spec = envs.task(env_name)
     length = args.episode_length or spec.episode_length
     data = collect(env_name, args.train_episodes, seed, length)
@@ -156,7 +183,9 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--envs", nargs="+", default=["pendulum", "cartpole_swingup"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        choices=list(MODELS) + [ORACLE],
+                        help=f"{ORACLE!r}: the true predictive of the _noisy envs")
     parser.add_argument("--train-episodes", type=int, default=10)
     parser.add_argument("--test-episodes", type=int, default=3)
     parser.add_argument("--episode-length", type=int, default=None)
@@ -170,6 +199,9 @@ def main(argv=None) -> str:
     parser.add_argument("--quiet", action="store_true", help="no progress bar (--engine ray)")
     add_engine_args(parser)
     args = parser.parse_args(argv)
+    if ORACLE in args.models and not all(e.endswith("_noisy") for e in args.envs):
+        parser.error(f"model {ORACLE!r} exists only for the _noisy envs, not for "
+                     f"{[e for e in args.envs if not e.endswith('_noisy')]}.")
     engine = engine_from_args(args)
     os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
 

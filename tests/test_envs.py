@@ -16,12 +16,14 @@ from envs import cartpole_swingup
 
 ALL_TASKS = [
     "cartpole_swingup",
+    "cartpole_swingup_noisy",
     "cartpole_swingup_sparse",
     "halfcheetah",
     "hopper",
     "inverted_pendulum",
     "mountaincar",
     "pendulum",
+    "pendulum_noisy",
     "pendulum_sparse",
     "pusher",
     "reacher",
@@ -31,9 +33,11 @@ JAX_DYNAMICS_TASKS = [
 ]
 EXPECTED_EPISODE_LENGTH = {
     "cartpole_swingup": 200,
+    "cartpole_swingup_noisy": 200,
     "cartpole_swingup_sparse": 200,
     "mountaincar": 999,
     "pendulum": 200,
+    "pendulum_noisy": 200,
     "pendulum_sparse": 200,
     "inverted_pendulum": 1000,
     "halfcheetah": 1000,
@@ -258,6 +262,61 @@ def test_jax_dynamics_open_loop_tracks_env(name, env_cache):
 
     _, model_traj = jax.lax.scan(body, jnp.asarray(obs), jnp.asarray(actions))
     np.testing.assert_allclose(model_traj, np.asarray(env_traj), rtol=1e-3, atol=1e-3)
+
+
+# --- noisy variants: process noise of known std ---------------------------------------------
+
+NOISY = {"pendulum_noisy": "pendulum", "cartpole_swingup_noisy": "cartpole_swingup"}
+
+
+@pytest.mark.parametrize("name", sorted(NOISY))
+def test_noisy_env_is_clean_dynamics_plus_known_noise(name, env_cache):
+    """next_obs = exact step + state noise of the documented std; the oracle's moments match
+    the env's samples and its central 90% Gaussian interval covers 90% of them."""
+    from envs import noisy
+
+    spec, env = envs.task(name), env_cache(name)
+    data = random_rollout(env, spec, steps=2000, seed=4)
+    obs, act, next_obs = data["obs"], data["act"], data["next_obs"]
+    clean = np.asarray(envs.jax_dynamics(NOISY[name])(obs, act))
+    # Entries that are state entries (pendulum obs[2]; cart-pole obs[0, 1, 4]) carry exactly
+    # the Gaussian noise of the documented std.
+    if name == "pendulum_noisy":
+        linear = {2: noisy.PENDULUM_NOISE_STD[1]}
+    else:
+        linear = dict(zip((0, 1, 4), np.asarray(noisy.CARTPOLE_NOISE_STD)[[0, 1, 3]]))
+    for dim, sigma in linear.items():
+        residual = next_obs[:, dim] - clean[:, dim]
+        assert abs(residual.mean()) < 4 * sigma / np.sqrt(len(residual))
+        # The sample std of n Gaussians has relative standard error 1 / sqrt(2 n): 4 of them.
+        assert residual.std() == pytest.approx(sigma, rel=4 / np.sqrt(2 * len(residual)))
+
+    mean, var = (np.asarray(m) for m in noisy.next_obs_moments(name, obs, act))
+    assert mean.shape == var.shape == next_obs.shape
+    z = (next_obs - mean) / np.sqrt(var)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=4 / np.sqrt(2 * len(z)))
+    coverage = (np.abs(z) <= 1.6448536).mean(0)
+    np.testing.assert_allclose(coverage, 0.9, atol=0.02)
+
+
+def test_noisy_env_is_seeded_and_differs_from_clean(env_cache):
+    first = envs.make("pendulum_noisy")
+    second = envs.make("pendulum_noisy")
+    act = np.array([0.5], np.float32)
+    runs = []
+    for env in (first, second):
+        env.reset(seed=7)
+        runs.append([env.step(act)[0] for _ in range(5)])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    clean = envs.make("pendulum")
+    clean.reset(seed=7)
+    assert not np.allclose(runs[0][0], clean.step(act)[0])
+    with pytest.raises(ValueError, match="pinned"):
+        envs.make("pendulum_noisy", g=9.81)
+    with pytest.raises(ValueError, match="no noisy task"):
+        from envs import noisy
+
+        noisy.next_obs_moments("pendulum", np.zeros(3), np.zeros(1))
 
 
 def test_mujoco_tasks_have_no_jax_dynamics():

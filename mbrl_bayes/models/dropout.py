@@ -30,6 +30,11 @@ class MCDropoutMLP(GaussianDynamics):
     [k] keys}``): one dropout mask per hidden layer, shared by all rows the draw is applied to
     (so a draw is a fixed function, not fresh noise per particle). Training uses independent
     masks per row (``bl.estimator("flipout")``, the per-row estimator), as usual.
+
+    The default ``dropout_rate=0.01``: per-row masks in training also widen the learned
+    variance, so larger rates double-count their spread; on ``pendulum_noisy`` (noise of known
+    std) the 90% intervals covered 95% at rate 0.05 and 92.5% at 0.01 (3 seeds)
+    (docs/results/variational_calibration).
     """
 
     num_functions = None  # unlimited draws
@@ -41,7 +46,7 @@ class MCDropoutMLP(GaussianDynamics):
         obs_dim: int,
         act_dim: int,
         hidden_sizes: Sequence[int] = (200, 200, 200, 200),
-        dropout_rate: float = 0.1,
+        dropout_rate: float = 0.01,
         probabilistic: bool = True,
         learn_reward: bool = False,
         activation: str | Callable = "silu",

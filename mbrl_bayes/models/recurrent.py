@@ -27,7 +27,12 @@ from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params, Transition
 from mbrl_bayes.models.checks import check_obs_act, checks_draw_inputs, checks_num_draws
 from mbrl_bayes.models.gaussian import DETERMINISTIC_STD, GaussianDynamics
-from mbrl_bayes.models.variational import ESTIMATORS, bayesian_mlp
+from mbrl_bayes.models.variational import (
+    DEFAULT_POSTERIOR_STDDEV_INIT,
+    ESTIMATORS,
+    bayesian_mlp,
+    posterior_init,
+)
 
 CELLS = {
     "reparameterization": bl.LSTMCellReparameterization,
@@ -47,6 +52,8 @@ class VariationalLSTM(GaussianDynamics):
         estimator: ``'reparameterization'`` or ``'flipout'`` for training (function draws always
             use reparameterization: one weight sample per draw).
         prior_stddev, kl_weight: the N(0, prior_stddev^2) prior and the KL weight of the ELBO.
+        posterior_stddev_init: every weight's posterior stddev at initialisation (see
+            ``VariationalMLP``).
     """
 
     num_functions = None
@@ -66,6 +73,7 @@ class VariationalLSTM(GaussianDynamics):
         estimator: str = "reparameterization",
         prior_stddev: float = 1.0,
         kl_weight: float = 1.0,
+        posterior_stddev_init: float = DEFAULT_POSTERIOR_STDDEV_INIT,
         num_eval_draws: int = 4,
         **kwargs,
     ):
@@ -85,11 +93,14 @@ class VariationalLSTM(GaussianDynamics):
         self.kl_weight = float(kl_weight)
         self.num_eval_draws = int(num_eval_draws)
         regularizer = bl.NormalKLDivergence(stddev=self.prior_stddev)
+        self.posterior_stddev_init = float(posterior_stddev_init)
+        initializer = posterior_init(self.posterior_stddev_init)
 
         def make(cell_cls, linear):
             def forward(x: jax.Array, carry: Optional[Dict[str, jax.Array]]):
                 """x [T, B, in] time-major; carry {'hidden', 'cell'} [B, H] or None (zeros)."""
-                cell = cell_cls(self.lstm_size, name="lstm", kernel_regularizer=regularizer)
+                cell = cell_cls(self.lstm_size, name="lstm", kernel_regularizer=regularizer,
+                                kernel_initializer=initializer)
                 # Always draw the sequence key first, so a function key gives the same weights
                 # whether a rollout starts from zeros or from a carried state.
                 state = cell.initial_state(x.shape[1])
@@ -97,7 +108,7 @@ class VariationalLSTM(GaussianDynamics):
                     state = state._replace(hidden=carry["hidden"], cell=carry["cell"])
                 hs, state = hk.dynamic_unroll(cell, x, state)
                 out = bayesian_mlp(jnp.concatenate([hs, x], -1), linear, self.hidden_sizes,
-                                   self.out_size, self.activation, regularizer)
+                                   self.out_size, self.activation, regularizer, initializer)
                 return out, {"hidden": state.hidden, "cell": state.cell}, sum(bl.losses())
             return hk.transform(forward)
 
