@@ -8,6 +8,7 @@ import pytest
 from experiments import calibration, common, compare_models, compare_propagation, tune
 
 
+@pytest.mark.e2e
 def test_compare_models_tiny(tmp_path):
     out = str(tmp_path / "models")
     text = compare_models.main(["--envs", "pendulum", "--seeds", "0", "--trials", "1",
@@ -24,6 +25,7 @@ def test_compare_models_tiny(tmp_path):
         "\n", 1)[1]
 
 
+@pytest.mark.e2e
 def test_compare_propagation_tiny(tmp_path):
     out = str(tmp_path / "prop")
     text = compare_propagation.main(["--envs", "pendulum", "--seeds", "0", "--trials", "1",
@@ -33,6 +35,7 @@ def test_compare_propagation_tiny(tmp_path):
     assert os.path.exists(os.path.join(out, "results.md"))
 
 
+@pytest.mark.e2e
 def test_calibration_tiny(tmp_path):
     out = str(tmp_path / "calib")
     text = calibration.main(["--envs", "pendulum", "--seeds", "0", "--models", "PE", "D",

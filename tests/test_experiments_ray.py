@@ -31,6 +31,7 @@ def _returns(run_dir):
     return [(row["trial"], row["return"]) for row in read_metrics(run_dir)]
 
 
+@pytest.mark.ray
 def test_failed_and_killed_jobs_are_reported_by_name_and_the_others_finish(local_ray, tmp_path):
     jobs = [engine.Job("raises", int, ("not a number",)),
             engine.Job("killed", os._exit, (3,)),  # the worker process dies mid-task
@@ -60,6 +61,7 @@ def _xla_threads(env):
     return ray.get(count.remote())
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
 def test_thread_env_sizes_xla_cpu_thread_pool_to_the_task(local_ray):
     assert _xla_threads(engine.thread_env(1)) == ("cpu", 1)

@@ -240,7 +240,9 @@ def test_cli_trains_hucrl_with_bonus_on_repeated_mountaincar(tmp_path):
     (["--agent", "thompson", "--bonus", "disagreement"], "not 'thompson'"),
     (["--propagation", "ts_inf", "--bonus", "disagreement"], "not 'ts_inf'"),
     (["--propagation", "mean", "--bonus", "disagreement", "--bonus-scale", "-1"],
-     "bonus_scale must be a finite number >= 0"),
+     "planner.bonus_scale must be >= 0, got -1.0"),
+    (["--propagation", "mean", "--bonus", "disagreement", "--bonus-scale", "inf"],
+     "planner.bonus_scale must be a finite number, got inf"),
     (["--bonus", "curiosity"], "invalid choice: 'curiosity'"),
     (["--env", "pendulum"], "Task 'pendulum' has no action_repeat"),
 ])
@@ -272,6 +274,7 @@ def test_wilson_interval_closed_forms():
         wilson_interval(0, 0)
 
 
+@pytest.mark.e2e
 def test_compare_exploration_tiny(tmp_path):
     from experiments import compare_exploration
 
