@@ -18,7 +18,8 @@ from experiments.engine import engine_from_args
 TRIALS = {"pendulum": 5, "cartpole_swingup": 10}
 
 
-def _model(name: str) -> Variant:
+def model_variant(name: str) -> Variant:
+    """The variant that runs PETS (``ts_inf``) with model ``name`` (one of ``MODEL_NAMES``)."""
     def variant(config: RunConfig) -> RunConfig:
         config.model.name = name
         config.agent = "pets"
@@ -28,9 +29,10 @@ def _model(name: str) -> Variant:
 
 
 VARIANTS: Dict[str, Variant] = {
-    "D": _model("d"), "P": _model("p"), "DE": _model("de"), "PE": _model("pe"),
-    "variational MLP": _model("vmlp"), "MC-dropout": _model("dropout"),
-    "GP": _model("gp"), "deep GP": _model("dgp"),
+    "D": model_variant("d"), "P": model_variant("p"), "DE": model_variant("de"),
+    "PE": model_variant("pe"),
+    "variational MLP": model_variant("vmlp"), "MC-dropout": model_variant("dropout"),
+    "GP": model_variant("gp"), "deep GP": model_variant("dgp"),
 }
 
 

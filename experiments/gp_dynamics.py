@@ -26,21 +26,13 @@ from agents.episode import env_seed, episode_key, run_episode
 from agents.factory import build_optimizer
 from agents.run import _TRIAL
 from experiments.common import Variant, base_parser, command_line, fast, run_grid, select, tiny
+from experiments.compare_models import model_variant
 from experiments.presets import preset_config
 from mbrl_bayes import planning
 from mbrl_bayes.models.base import Transition
 
-
-def _model(name: str) -> Variant:
-    def variant(config: RunConfig) -> RunConfig:
-        config.model.name = name
-        config.agent = "pets"
-        config.planner.propagation = "ts_inf"
-        return config
-    return variant
-
-
-VARIANTS: Dict[str, Variant] = {"GP": _model("gp"), "PE": _model("pe"), "DGP": _model("dgp")}
+VARIANTS: Dict[str, Variant] = {"GP": model_variant("gp"), "PE": model_variant("pe"),
+                               "DGP": model_variant("dgp")}
 
 
 def small(config: RunConfig) -> RunConfig:

@@ -9,6 +9,17 @@ import pytest
 
 from mbrl_bayes.models.base import Transition
 
+# A run config small enough for CLI and config tests (seconds): pendulum, a 2-member PE, CEM.
+TINY_RUN = {
+    "env": "pendulum", "agent": "pets", "seed": 0, "trials": 1, "seed_steps": 20,
+    "episode_length": 12,
+    "model": {"name": "pe", "hidden_sizes": [16], "ensemble_size": 2},
+    "train": {"batch_size": 16, "max_epochs": 2, "patience": 2},
+    "planner": {"optimizer": "cem", "horizon": 4, "population": 16, "elites": 4,
+                "iterations": 2, "num_particles": 4},
+}
+
+
 # ----------------------------------------------------------------------------- Pendulum-v1
 PENDULUM_DT, PENDULUM_MAX_SPEED, PENDULUM_MAX_TORQUE = 0.05, 8.0, 2.0
 

@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import TINY_RUN as TINY
 
 from agents import PlannerConfig, Run, RunConfig, factory
 from agents.checkpoint import load_json
@@ -18,15 +19,6 @@ from agents.config import AGENT_NAMES, MODEL_NAMES
 from experiments.cli import build_parser, main
 from mbrl_bayes import planning
 from mbrl_bayes.data import ReplayBuffer
-
-TINY = {
-    "env": "pendulum", "agent": "pets", "seed": 0, "trials": 1, "seed_steps": 20,
-    "episode_length": 12,
-    "model": {"name": "pe", "hidden_sizes": [16], "ensemble_size": 2},
-    "train": {"batch_size": 16, "max_epochs": 2, "patience": 2},
-    "planner": {"optimizer": "cem", "horizon": 4, "population": 16, "elites": 4,
-                "iterations": 2, "num_particles": 4},
-}
 
 
 def write_config(tmp_path, **changes):

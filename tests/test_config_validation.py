@@ -4,20 +4,12 @@ import dataclasses
 import json
 
 import pytest
+from conftest import TINY_RUN as TINY
 
 from agents import RunConfig
 from agents.validation import FIELDS, validate_config
 from experiments.cli import main
 from experiments.presets import preset_config
-
-TINY = {
-    "env": "pendulum", "agent": "pets", "seed": 0, "trials": 1, "seed_steps": 20,
-    "episode_length": 12,
-    "model": {"name": "pe", "hidden_sizes": [16], "ensemble_size": 2},
-    "train": {"batch_size": 16, "max_epochs": 2, "patience": 2},
-    "planner": {"optimizer": "cem", "horizon": 4, "population": 16, "elites": 4,
-                "iterations": 2, "num_particles": 4},
-}
 
 
 def write(tmp_path, text, name="bad.json"):

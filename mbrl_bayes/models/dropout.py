@@ -38,7 +38,6 @@ class MCDropoutMLP(GaussianDynamics):
     """
 
     num_functions = None  # unlimited draws
-    num_members = 1
 
     def __init__(
         self,

@@ -69,7 +69,6 @@ class NetworkDynamics(GaussianDynamics):
     """
 
     num_functions = None  # unlimited draws
-    num_members = 1
 
     def __init__(
         self,

@@ -57,7 +57,6 @@ class VariationalLSTM(GaussianDynamics):
     """
 
     num_functions = None
-    num_members = 1
 
     def __init__(
         self,

@@ -65,7 +65,6 @@ class VariationalMLP(GaussianDynamics):
     """
 
     num_functions = None  # unlimited draws
-    num_members = 1
 
     def __init__(
         self,
