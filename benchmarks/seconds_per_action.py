@@ -1,0 +1,137 @@
+"""Seconds per action of a task preset's planner with each dynamics model, as the agents run it.
+
+    python benchmarks/seconds_per_action.py --env cartpole_swingup --models pe gp
+    python benchmarks/seconds_per_action.py --env halfcheetah --set planner.num_particles=10
+
+For each model: the preset of ``--env`` (``experiments/presets.py``) with ``model.name`` set,
+trained by the agent (``ModelBasedAgent.update``, the preset's training settings) on the preset's
+``seed_steps`` random steps of the real env, then one episode from the env's start state in which
+the first action (the compile) is excluded and the next ``--actions`` are timed one by one
+(wall clock, ``mpc.act`` including the transfer of the action to the host). Prints a markdown
+table (median and min seconds per action, the training seconds) and, last, one JSON object.
+``--set section.field=value`` overrides a config field (a Python literal), for every model.
+Run it on an otherwise idle machine: other processes' load goes straight into the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import envs  # noqa: E402
+from agents.episode import env_seed  # noqa: E402
+from agents.factory import build_agent  # noqa: E402
+from experiments.presets import preset_config  # noqa: E402
+from mbrl_bayes.data import ReplayBuffer  # noqa: E402
+
+
+def apply_overrides(config, overrides: list):
+    """``config`` with ``section.field=value`` overrides (``value`` a Python literal, or a bare
+    string), e.g. ``planner.num_particles=10``, ``model.name=gp``, ``trials=3``."""
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *path, field = name.split(".")
+        parts = [config]
+        for part in path:
+            parts.append(getattr(parts[-1], part))
+        if not hasattr(parts[-1], field):
+            raise ValueError(f"--set {item!r}: no field {name!r} in the run config.")
+        new = dataclasses.replace(parts[-1], **{field: value})
+        for parent, part in zip(reversed(parts[:-1]), reversed(path)):
+            new = dataclasses.replace(parent, **{part: new})
+        config = new
+    return config
+
+
+def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
+                       seed: int = 0) -> dict:
+    """Trains ``model`` on the preset's seed data and times ``actions`` actions after the first."""
+    config = apply_overrides(preset_config(env_name), [f"model.name={model}", *overrides])
+    spec = envs.task(config.env, action_repeat=config.action_repeat)
+    env = envs.make(config.env, action_repeat=config.action_repeat)
+    agent = build_agent(config)
+    buffer = ReplayBuffer(config.seed_steps, spec.obs_dim, spec.act_dim)
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=env_seed(seed, 0, 0))
+    while len(buffer) < config.seed_steps:
+        act = rng.uniform(spec.action_low, spec.action_high).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(act)
+        buffer.add(obs, act, next_obs, reward, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset(seed=env_seed(seed, 0, len(buffer)))
+    key = jax.random.PRNGKey(seed)
+    train = agent.update(buffer, key)
+    agent.begin_episode(key)
+    obs, _ = env.reset(seed=env_seed(seed, 1, 1))
+    times = []
+    for t in range(actions + 1):
+        start = time.perf_counter()
+        action = agent.act(obs, jax.random.fold_in(key, t))
+        times.append(time.perf_counter() - start)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset(seed=env_seed(seed, 1, t + 2))
+    timed = np.asarray(times[1:])
+    planner = config.planner
+    return {
+        "env": config.env, "model": model, "optimizer": planner.optimizer,
+        "propagation": planner.propagation, "horizon": planner.horizon,
+        "population": planner.population, "iterations": planner.iterations,
+        "particles": planner.num_particles, "action_repeat": config.action_repeat,
+        "median_s": float(np.median(timed)), "min_s": float(timed.min()),
+        "first_action_s": times[0], "train_s": train["seconds"], "actions": actions,
+    }
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", required=True, choices=envs.names())
+    parser.add_argument("--models", nargs="+", default=["pe"])
+    parser.add_argument("--actions", type=int, default=20, help="timed actions per model")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE", help="config override, repeatable")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
+    if args.actions < 1:
+        raise SystemExit("--actions must be at least 1.")
+    rows = []
+    for model in args.models:
+        try:
+            rows.append(seconds_per_action(args.env, model, args.actions, args.overrides))
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+    print("| env | model | planner | s/action (median) | s/action (min) | first action (compile) "
+          "| training (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        planner = (f"{r['optimizer']} {r['population']}x{r['iterations']}, horizon "
+                   f"{r['horizon']}, {r['particles']} particles, {r['propagation']}")
+        print(f"| {r['env']} | {r['model']} | {planner} | {r['median_s']:.3f} | "
+              f"{r['min_s']:.3f} | {r['first_action_s']:.1f} | {r['train_s']:.1f} |")
+    print(json.dumps({"machine": platform.processor() or platform.machine(),
+                      "cpus": os.cpu_count(), "backend": jax.default_backend(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
