@@ -37,7 +37,8 @@ class NetworkDynamics(GaussianDynamics):
     * a pair of pure functions ``(init, apply)``: ``init(key, x) -> params`` and
       ``apply(params, key, x) -> outputs`` (e.g. a Flax or Equinox network; no penalty).
 
-    Its input ``x`` is ``[n, obs_dim + act_dim]``, the standardized ``[obs, act]``; its output
+    Its input ``x`` is ``[n, in_dim]``, the standardized ``[obs, act]`` (``in_dim = obs_dim +
+    act_dim`` less the ``ignored_obs_dims``, see ``GaussianDynamics.model_inputs``); its output
     is, for the standardized target ``[next_obs - obs, reward?]`` of width ``t = obs_dim (+ 1
     with learn_reward)``:
 
@@ -91,7 +92,7 @@ class NetworkDynamics(GaussianDynamics):
             ensemble, at least one per member.
           ensemble_size: the members of an ensemble-in-layers network (see above), or None.
           **kwargs: ``GaussianDynamics``'s ``max_logvar_init``, ``min_logvar_init``,
-            ``logvar_bound_penalty``.
+            ``logvar_bound_penalty``, ``ignored_obs_dims``.
 
         Raises:
           TypeError: when ``network`` is neither a function nor an ``(init, apply)`` pair.
@@ -216,7 +217,7 @@ class NetworkDynamics(GaussianDynamics):
         per transition, of the predictive Gaussian), ``mse`` (standardized units) and ``kl``."""
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         if self.ensemble_size is None:
             out, penalty = self._apply_with_penalty(params["net"], key, x)
         else:  # every member on the minibatch; the penalty does not depend on the member

@@ -137,7 +137,7 @@ class VariationalMLP(GaussianDynamics):
         ``nll`` (nats per transition), ``mse`` (standardized units) and ``kl``."""
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         out, kl = self._train_net.apply(params["net"], key, x)
         mean, logvar = out[..., : self.target_dim], None
         if self.probabilistic:
