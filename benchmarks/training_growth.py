@@ -86,6 +86,8 @@ def main(argv=None) -> list:
         hot = warm.update(buffer, key_n)
         rows.append({"n": n, **{f"scratch_{k}": v for k, v in cold.items()},
                      **{f"warm_{k}": v for k, v in hot.items()}})
+        print(f"{n} transitions: scratch {cold['seconds']:.1f} s ({cold['epochs']} epochs), "
+              f"warm {hot['seconds']:.1f} s ({hot['epochs']} epochs)", flush=True)
     print("| transitions | scratch: s | epochs | holdout MSE | NLL | warm: s | epochs "
           "| holdout MSE | NLL |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -84,16 +84,16 @@ def _check_ignored_obs_dims(dims: Sequence[int], obs_dim: int) -> Tuple[int, ...
     """``dims`` as sorted distinct ints in ``[0, obs_dim)``, leaving at least one; else a
     one-line ValueError."""
     try:
-        dims = tuple(dims)
+        out = tuple(dims)
     except TypeError:
-        dims = None
-    ok = dims is not None and all(
+        out = None
+    ok = out is not None and all(
         isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < obs_dim
-        for i in dims) and len(set(dims)) == len(dims) < obs_dim
+        for i in out) and len(set(out)) == len(out) < obs_dim
     if not ok:
         raise ValueError(f"ignored_obs_dims must be distinct ints in [0, obs_dim={obs_dim}) "
                          f"that leave at least one, got {dims!r}.")
-    return tuple(sorted(int(i) for i in dims))
+    return tuple(sorted(int(i) for i in out))
 
 
 def _kept_index(ignored: Tuple[int, ...], obs_dim: int) -> slice | np.ndarray:
