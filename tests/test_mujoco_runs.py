@@ -14,9 +14,12 @@ from conftest import TINY_RUN
 
 import envs
 from agents import Run, RunConfig, evaluate
+from agents.checkpoint import save_params
 from agents.episode import env_seed
 from agents.run import _EVALUATE  # the phase of evaluate's env seeds
+from agents.run_folder import MODEL, RunError
 from experiments.presets import preset_config
+from mbrl_bayes import models
 
 TRIALS, EPISODES, EVAL_SEED = 3, 6, 12345
 
@@ -43,6 +46,14 @@ def test_an_interrupted_halfcheetah_run_resumes_as_if_never_stopped(tmp_path):
         np.testing.assert_array_equal(part.buffer.as_dict()[field], value, err_msg=field)
     for a, b in zip(*(jax_leaves(r.agent.params) for r in (part, whole))):
         np.testing.assert_array_equal(a, b)
+    # A folder saved before the models dropped the root x (input statistics of 18 + 6
+    # entries) is refused in one line, not by an error from inside JAX.
+    params = whole.agent.params
+    stats = {**params["stats"], "input": models.Normalizer.identity(24)}
+    save_params(str(tmp_path / "whole" / MODEL), {**params, "stats": stats})
+    with pytest.raises(RunError, match="saved model reads 24 inputs, the model its config "
+                                       "builds reads 23"):
+        Run.resume(str(tmp_path / "whole"))
 
 
 def jax_leaves(tree):
