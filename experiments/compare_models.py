@@ -1,5 +1,5 @@
-"""Which uncertainty model? D, P, DE, PE, variational MLP, MC-dropout, GP, deep GP: each in PETS
-(CEM, ``ts_inf``), over several seeds -> learning curves and final returns.
+"""Which uncertainty model? D, P, DE, PE, variational MLP and LSTM, MC-dropout, GP, deep GP:
+each in PETS (CEM, ``ts_inf``), over several seeds -> learning curves and final returns.
 
     python experiments/compare_models.py --out docs/results/compare_models
     python experiments/compare_models.py --envs pendulum --seeds 0 1 2 --out results/models
@@ -31,8 +31,9 @@ def model_variant(name: str) -> Variant:
 VARIANTS: Dict[str, Variant] = {
     "D": model_variant("d"), "P": model_variant("p"), "DE": model_variant("de"),
     "PE": model_variant("pe"),
-    "variational MLP": model_variant("vmlp"), "MC-dropout": model_variant("dropout"),
-    "GP": model_variant("gp"), "deep GP": model_variant("dgp"),
+    "variational MLP": model_variant("vmlp"), "variational LSTM": model_variant("vlstm"),
+    "MC-dropout": model_variant("dropout"), "GP": model_variant("gp"),
+    "deep GP": model_variant("dgp"),
 }
 
 

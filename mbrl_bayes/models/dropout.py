@@ -1,18 +1,20 @@
-"""MC-dropout dynamics (Gal & Ghahramani 2016): a cheap approximate posterior over functions."""
+"""MC-dropout dynamics (Gal & Ghahramani 2016): a cheap approximate posterior over functions.
+
+``MCDropoutMLP`` is ``NetworkDynamics`` given :func:`mc_dropout_network`, an MLP of
+``hk.Linear`` and ``bl.MCDropout`` layers.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Sequence
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
-from mbrl_bayes.models.base import Batch, Functions, Params
-from mbrl_bayes.models.checks import checks_num_draws
-from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.gaussian import check_hidden_sizes, get_activation
+from mbrl_bayes.models.network import NetworkDynamics
 
 
 def _half_fan_in_truncated_normal(shape: Sequence[int], dtype) -> jax.Array:
@@ -21,23 +23,54 @@ def _half_fan_in_truncated_normal(shape: Sequence[int], dtype) -> jax.Array:
     return hk.initializers.TruncatedNormal(1.0 / (2.0 * math.sqrt(shape[0])))(shape, dtype)
 
 
-class MCDropoutMLP(GaussianDynamics):
-    """One MLP with dropout (``bl.MCDropout``) after every hidden layer, kept on at prediction
-    time.
+def mc_dropout_network(
+    out_size: int,
+    hidden_sizes: Sequence[int] = (200, 200, 200, 200),
+    *,
+    activation: str | Callable = "silu",
+    dropout_rate: float = 0.01,
+) -> Callable[[jax.Array], jax.Array]:
+    """The Haiku function ``network(x)`` of ``MCDropoutMLP``: ``hk.Linear`` layers (weights
+    initialised as mbrl-lib's), each hidden one followed by the activation and
+    ``bl.MCDropout(dropout_rate, per_row=True)``. Maps ``x`` [n, d] to [n, out_size].
 
-    The network is Haiku's ``hk.Linear`` layers and ``bl.MCDropout`` layers, built like every
-    other model from layers. A function draw is a key (``sample_functions`` returns ``{'key':
-    [k] keys}``): one dropout mask per hidden layer, shared by all rows the draw is applied to
-    (so a draw is a fixed function, not fresh noise per particle). Training uses independent
-    masks per row (``bl.estimator("flipout")``, the per-row estimator), as usual.
+    The dropout layers draw a mask per row (for training); ``models.NetworkDynamics`` draws
+    functions under ``bl.estimator("reparameterization")``, where a key is one mask per layer
+    shared by all rows (so a function draw is a fixed function, not fresh noise per particle).
+
+    Raises:
+      ValueError: for a ``dropout_rate`` outside (0, 1), an unknown activation or a
+        non-positive width.
+    """
+    if not 0.0 < float(dropout_rate) < 1.0:
+        raise ValueError(f"dropout_rate must be in (0, 1), got {dropout_rate}.")
+    hidden_sizes = check_hidden_sizes(hidden_sizes)
+    activation = get_activation(activation)
+    rate = float(dropout_rate)
+
+    def network(x: jax.Array) -> jax.Array:
+        for size in hidden_sizes:
+            x = activation(hk.Linear(size, w_init=_half_fan_in_truncated_normal)(x))
+            x = bl.MCDropout(rate, per_row=True)(x)
+        return hk.Linear(out_size, w_init=_half_fan_in_truncated_normal)(x)
+
+    return network
+
+
+class MCDropoutMLP(NetworkDynamics):
+    """One MLP with dropout (``bl.MCDropout``) after every hidden layer, kept on at prediction
+    time: ``NetworkDynamics`` given :func:`mc_dropout_network`, trained by the PETS objective
+    of one member (``objective="pets"``; dropout adds no penalty).
+
+    A function draw is a key (``sample_functions`` returns ``{'key': [k] keys}``): one dropout
+    mask per hidden layer, shared by all rows the draw is applied to (so a draw is a fixed
+    function, not fresh noise per particle). Training uses independent masks per row, as usual.
 
     The default ``dropout_rate=0.01``: per-row masks in training also widen the learned
     variance, so larger rates double-count their spread; on ``pendulum_noisy`` (noise of known
     std) the 90% intervals covered 95% at rate 0.05 and 92.5% at 0.01 (3 seeds)
     (docs/results/variational_calibration).
     """
-
-    num_functions = None  # unlimited draws
 
     def __init__(
         self,
@@ -52,49 +85,17 @@ class MCDropoutMLP(GaussianDynamics):
         num_eval_draws: int = 8,
         **kwargs,
     ):
-        super().__init__(
-            obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden_sizes,
-            probabilistic=probabilistic, learn_reward=learn_reward, activation=activation,
-            **kwargs,
-        )
-        if not 0.0 < float(dropout_rate) < 1.0:
-            raise ValueError(f"dropout_rate must be in (0, 1), got {dropout_rate}.")
+        """Args:
+          obs_dim, act_dim, learn_reward, num_eval_draws, **kwargs: as ``NetworkDynamics``'s.
+          hidden_sizes, dropout_rate, activation: as :func:`mc_dropout_network`'s.
+          probabilistic: also predict the log-variance (else the mean only).
+        """
+        target_dim = int(obs_dim) + int(bool(learn_reward))
+        network = mc_dropout_network(
+            target_dim * (2 if probabilistic else 1), hidden_sizes, activation=activation,
+            dropout_rate=dropout_rate)
+        super().__init__(network, obs_dim=obs_dim, act_dim=act_dim, learn_reward=learn_reward,
+                         num_eval_draws=num_eval_draws, objective="pets", **kwargs)
+        self.hidden_sizes = check_hidden_sizes(hidden_sizes)
+        self.activation = get_activation(activation)
         self.dropout_rate = float(dropout_rate)
-        self.num_eval_draws = int(num_eval_draws)
-        self._net = hk.transform(self._forward)
-
-    def _forward(self, x: jax.Array) -> jax.Array:
-        """Standardized inputs ``[..., in_dim]`` to raw outputs ``[..., out_size]``."""
-        for size in self.hidden_sizes:
-            x = self.activation(hk.Linear(size, w_init=_half_fan_in_truncated_normal)(x))
-            x = bl.MCDropout(self.dropout_rate)(x)
-        return hk.Linear(self.out_size, w_init=_half_fan_in_truncated_normal)(x)
-
-    def _init_net(self, key: jax.Array, x: jax.Array) -> hk.Params:
-        return self._net.init(key, x)
-
-    def _apply_net(self, net: hk.Params, fns: Functions, key: jax.Array,
-                   x: jax.Array) -> jax.Array:
-        # bl.MCDropout's default: one mask per draw, shared by its m rows (loss() chooses
-        # per-row masks with bl.estimator("flipout")).
-        del key
-        return jax.vmap(self._net.apply, (None, 0, 0))(net, fns["key"], x)
-
-    @checks_num_draws
-    def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
-        return {"key": jax.random.split(key, k)}
-
-    def eval_functions(self, params: Params, key: jax.Array) -> Functions:
-        return self.sample_functions(params, key, self.num_eval_draws)
-
-    def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """The PETS objective of one member (``GaussianDynamics._pets_objective``) with
-        independent dropout masks per row. ``batch`` arrays are [B, ...]. Metrics ``nll`` (nats
-        per transition) and ``mse``, in standardized target units."""
-        obs, act, target = self.standardized_targets(params, batch)
-        with bl.estimator("flipout"):  # per-row masks
-            mean, logvar = self._standardized_prediction(
-                params, {"key": key[None]}, key, obs[None], act[None])
-        loss = self._pets_objective(params, self._training_nll(mean, logvar, target).mean(-1))
-        nll = self._predictive_nll(mean, logvar, target).mean()
-        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean()}

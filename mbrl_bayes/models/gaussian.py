@@ -105,6 +105,14 @@ def _kept_index(ignored: Tuple[int, ...], obs_dim: int) -> slice | np.ndarray:
     return np.asarray(kept)
 
 
+def check_hidden_sizes(hidden_sizes: Sequence[int]) -> Tuple[int, ...]:
+    """``hidden_sizes`` as a tuple of ints; ``ValueError`` unless every width is positive."""
+    hidden_sizes = tuple(int(h) for h in hidden_sizes)
+    if any(h <= 0 for h in hidden_sizes):
+        raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}.")
+    return hidden_sizes
+
+
 class GaussianDynamics(abc.ABC):
     """Base of the MLP dynamics models; see the module docstring.
 
@@ -130,9 +138,7 @@ class GaussianDynamics(abc.ABC):
             raise ValueError(f"obs_dim and act_dim must be positive, got {obs_dim}, {act_dim}.")
         self.ignored_obs_dims = _check_ignored_obs_dims(ignored_obs_dims, int(obs_dim))
         self._kept_obs = _kept_index(self.ignored_obs_dims, int(obs_dim))
-        hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        if any(h <= 0 for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}.")
+        hidden_sizes = check_hidden_sizes(hidden_sizes)
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.hidden_sizes = hidden_sizes
@@ -341,10 +347,14 @@ class GaussianDynamics(abc.ABC):
         self, params: Params, nll: jax.Array, kl: jax.Array, kl_weight: float
     ) -> jax.Array:
         """The negative ELBO per data point of a weight posterior: the mean per-point NLL
-        ``nll`` + ``kl_weight * kl / N`` (``N`` = ``params['stats']['num_data']``, the training
-        set's size), plus the log-variance bound penalty."""
+        ``nll`` + :meth:`_kl_per_point`, plus the log-variance bound penalty."""
+        return nll + self._kl_per_point(params, kl, kl_weight) + self.logvar_penalty(params)
+
+    def _kl_per_point(self, params: Params, kl: jax.Array, kl_weight: float) -> jax.Array:
+        """``kl_weight * kl / N``, ``N`` = ``params['stats']['num_data']`` (the training set's
+        size): the ELBO's KL term per data point."""
         num_data = jnp.maximum(params["stats"]["num_data"], 1).astype(jnp.float32)
-        return nll + kl_weight * kl / num_data + self.logvar_penalty(params)
+        return kl_weight * kl / num_data
 
     def logvar_penalty(self, params: Params) -> jax.Array:
         if not self.probabilistic:

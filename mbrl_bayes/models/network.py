@@ -19,6 +19,7 @@ from mbrl_bayes.models.checks import checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
 
 PureNetwork = Tuple[Callable[..., Any], Callable[..., Any]]  # (init, apply)
+OBJECTIVES = ("elbo", "pets")
 
 
 def _is_pair(network: Any) -> bool:
@@ -49,11 +50,15 @@ class NetworkDynamics(GaussianDynamics):
 
     A function draw is a key (``sample_functions`` returns ``{'key': [k] keys}``): draw ``i``
     is ``apply(params, key_i, x)``, applied to its ``m`` rows as one call, so the network must
-    give the same function for the same key (``bl`` reparameterization layers and
-    ``bl.bayesian`` do; a deterministic network ignores the key). The loss is the negative
-    ELBO per data point with one key per minibatch: the Gaussian NLL (summed over target
-    dimensions, averaged over rows) ``+ kl_weight * penalty / N`` (``N`` the training-set
-    size) ``+`` the log-variance bound penalty.
+    give the same function for the same key: it runs inside ``bl.estimator(
+    "reparameterization")``, where every ``bl`` layer draws its weights (a dropout layer its
+    mask) once per call (``bl.bayesian`` does too; a deterministic network ignores the key).
+    The loss is the negative ELBO per data point with one key per minibatch: the Gaussian NLL
+    (summed over target dimensions, averaged over rows) ``+ kl_weight * penalty / N`` (``N``
+    the training-set size) ``+`` the log-variance bound penalty. Training runs each layer's own
+    estimator on the same parameters: ``bl.DenseFlipout`` layers (per-row weights) or
+    ``bl.MCDropout(rate, per_row=True)`` (per-row masks) give the rows of a minibatch
+    independent noise, for lower-variance gradients, while planning still draws whole functions.
 
     With ``ensemble_size=k`` the network is an ensemble in layers (``bl.DenseBatchEnsemble``,
     ``bl.DenseRank1``): a function draw is ``{'member': [k], 'key': [k]}``, applied inside
@@ -81,6 +86,7 @@ class NetworkDynamics(GaussianDynamics):
         kl_weight: float = 1.0,
         num_eval_draws: int = 8,
         ensemble_size: Optional[int] = None,
+        objective: str = "elbo",
         **kwargs,
     ):
         """Args:
@@ -91,6 +97,12 @@ class NetworkDynamics(GaussianDynamics):
           num_eval_draws: function draws averaged by ``evaluate`` (holdout scores); with an
             ensemble, at least one per member.
           ensemble_size: the members of an ensemble-in-layers network (see above), or None.
+          objective: the loss's scale. ``"elbo"``: the negative ELBO per data point, ``nll +
+            kl_weight * penalty / N``. ``"pets"``: the same times ``2 / t`` (``t`` target
+            columns), the scale of the PETS objective of ``ProbabilisticEnsemble`` and
+            ``MCDropoutMLP``, at which the log-variance bound penalty and ``train``'s gradient
+            clipping were tuned. Same minimizer, up to the weight of the bound penalty (added
+            unscaled to both).
           **kwargs: ``GaussianDynamics``'s ``max_logvar_init``, ``min_logvar_init``,
             ``logvar_bound_penalty``, ``ignored_obs_dims``.
 
@@ -106,10 +118,13 @@ class NetworkDynamics(GaussianDynamics):
             raise ValueError(f"num_eval_draws must be positive, got {num_eval_draws}.")
         if ensemble_size is not None and int(ensemble_size) <= 0:
             raise ValueError(f"ensemble_size must be positive, got {ensemble_size}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
         self.network = network
         self.kl_weight = float(kl_weight)
         self.num_eval_draws = int(num_eval_draws)
         self.ensemble_size = None if ensemble_size is None else int(ensemble_size)
+        self.objective = objective
         if _is_pair(network):
             init, apply = network
             self._init, self._apply = init, apply
@@ -210,11 +225,30 @@ class NetworkDynamics(GaussianDynamics):
             k = -(-k // self.ensemble_size) * self.ensemble_size
         return self.sample_functions(params, key, k)
 
+    def kl(self, params: Params) -> jax.Array:
+        """The network's penalty ``sum(bl.losses())`` (the KL divergence of a variational
+        network's weight posterior from its prior; zero for an ``(init, apply)`` pair), as
+        ``loss`` reports it in ``kl``."""
+        x = jnp.zeros((1, self.in_dim), jnp.float32)
+        with bl.ensemble_member(0):
+            return self._apply_with_penalty(params["net"], jax.random.PRNGKey(0), x)[1]
+
     def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Negative ELBO per data point of a minibatch (``batch`` arrays [B, ...]): the mean
-        per-point Gaussian NLL (``models.gaussian_nll``; unit variance without a log-variance)
-        ``+ kl_weight * penalty / N`` ``+`` the log-variance bound penalty. Metrics ``nll`` (nats
-        per transition, of the predictive Gaussian), ``mse`` (standardized units) and ``kl``."""
+        """The training loss of a minibatch (``batch`` arrays [B, ...]), the network run with
+        its layers' own estimators and one key per minibatch; ``t`` target columns, ``N``
+        training points, ``nll_e`` the mean per-point Gaussian NLL of member ``e``
+        (``models.gaussian_nll``; unit variance without a log-variance; one member without
+        ``ensemble_size``):
+
+        * ``objective="elbo"``: the negative ELBO per data point, ``mean_e(nll_e) + kl_weight *
+          penalty / N``;
+        * ``objective="pets"``: PETS's objective (``ProbabilisticEnsemble``'s, on one
+          minibatch), ``(2 / t) * (sum_e(nll_e) + kl_weight * penalty / N)``;
+
+        each plus the log-variance bound penalty. Metrics ``nll`` (nats per transition, of the
+        predictive Gaussian), ``mse`` (standardized units) and ``kl`` (the penalty)."""
+        if self.objective == "pets":
+            return self._pets_loss(params, key, batch)
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(self.model_inputs(obs, act))
@@ -229,6 +263,39 @@ class NetworkDynamics(GaussianDynamics):
         logvar = None if raw_logvar is None else self._bounded_logvar(params, raw_logvar)
         loss = self._elbo_objective(
             params, self._training_nll(mean, logvar, target).mean(), penalty, self.kl_weight)
+        return loss, self._metrics(mean, logvar, target, penalty)
+
+    def _pets_loss(self, params: Params, key: jax.Array,
+                   batch: Batch) -> Tuple[jax.Array, dict]:
+        """``loss`` with ``objective="pets"``: every member on the minibatch as a function draw
+        [k, B, ...], as ``ProbabilisticEnsemble`` trains its members."""
+        obs, act, target = self.standardized_targets(params, batch)
+        if self.ensemble_size is None:
+            fns = {"key": key[None]}
+        else:
+            fns = self.sample_functions(params, key, self.ensemble_size)
+        k = jax.tree_util.tree_leaves(fns)[0].shape[0]
+        obs, act = (jnp.broadcast_to(a, (k,) + a.shape) for a in (obs, act))
+        stats = jax.lax.stop_gradient(params["stats"])
+        x = stats["input"].normalize(self.model_inputs(obs, act))
+        out, penalty = self._per_draw(self._apply_with_penalty, params["net"], fns, x)
+        penalty = penalty.mean()
+        # jnp.split, as GaussianDynamics splits function draws, not _outputs' slices: equal
+        # values, but gradients that differ in the last bit; this way MCDropoutMLP trains
+        # exactly as it did before it was a NetworkDynamics.
+        if isinstance(out, (tuple, list)):
+            mean, raw_logvar = out
+        elif self.probabilistic:
+            mean, raw_logvar = jnp.split(out, 2, axis=-1)
+        else:
+            mean, raw_logvar = out, None
+        logvar = None if raw_logvar is None else self._bounded_logvar(params, raw_logvar)
+        nll = self._training_nll(mean, logvar, target).mean(-1)  # [k]
+        loss = self._pets_objective(params, nll) + (2.0 / self.target_dim) * self._kl_per_point(
+            params, penalty, self.kl_weight)
+        return loss, self._metrics(mean, logvar, target, penalty)
+
+    def _metrics(self, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array,
+                 penalty: jax.Array) -> dict:
         nll = self._predictive_nll(mean, logvar, target).mean()
-        sq_err = jnp.square(mean - target)
-        return loss, {"nll": nll, "mse": sq_err.mean(), "kl": penalty}
+        return {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": penalty}

@@ -1,18 +1,20 @@
-"""Variational dynamics built from ``mbrl_bayes.layers``: a function draw is a weight sample."""
+"""Variational dynamics built from ``mbrl_bayes.layers``: a function draw is a weight sample.
+
+``VariationalMLP`` is ``NetworkDynamics`` given :func:`variational_mlp_network`, a stack of
+Bayesian dense layers.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Sequence
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mbrl_bayes import layers as bl
-from mbrl_bayes.models.base import Batch, Functions, Params
-from mbrl_bayes.models.checks import checks_num_draws
-from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.gaussian import check_hidden_sizes, get_activation
+from mbrl_bayes.models.network import NetworkDynamics
 
 ESTIMATORS = {
     "reparameterization": bl.DenseReparameterization,
@@ -47,24 +49,62 @@ def bayesian_mlp(x: jax.Array, linear: Callable[..., hk.Module], hidden_sizes: S
     return linear(out_size, name="linear_out", **kw)(x)
 
 
-class VariationalMLP(GaussianDynamics):
-    """Mean-field variational Bayesian MLP (Blundell et al. 2015) trained by the ELBO.
+def variational_mlp_network(
+    out_size: int,
+    hidden_sizes: Sequence[int] = (200, 200, 200, 200),
+    *,
+    activation: str | Callable = "silu",
+    estimator: str = "flipout",
+    prior_stddev: float = 1.0,
+    posterior_stddev_init: float = DEFAULT_POSTERIOR_STDDEV_INIT,
+) -> Callable[[jax.Array], jax.Array]:
+    """The Haiku function ``network(x)`` of ``VariationalMLP``: :func:`bayesian_mlp` with
+    ``estimator``'s dense layers (``bl.DenseFlipout`` or ``bl.DenseReparameterization``), every
+    kernel a mean-field normal posterior (:func:`posterior_init`) under the prior ``N(0,
+    prior_stddev^2)``, whose KL ``bl.losses()`` records. Maps ``x`` [n, d] to [n, out_size].
+
+    ``models.NetworkDynamics`` trains it with ``estimator`` (the layers' own) and draws
+    functions from the same parameters with ``bl.estimator("reparameterization")``.
+
+    Raises:
+      ValueError: for an unknown estimator or activation, a non-positive width or
+        ``posterior_stddev_init``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"Unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}."
+        )
+    hidden_sizes = check_hidden_sizes(hidden_sizes)
+    activation = get_activation(activation)
+    linear = ESTIMATORS[estimator]
+    regularizer = bl.NormalKLDivergence(stddev=float(prior_stddev))
+    initializer = posterior_init(float(posterior_stddev_init))
+
+    def network(x: jax.Array) -> jax.Array:
+        return bayesian_mlp(x, linear, hidden_sizes, out_size, activation, regularizer,
+                            initializer)
+
+    return network
+
+
+class VariationalMLP(NetworkDynamics):
+    """Mean-field variational Bayesian MLP (Blundell et al. 2015) trained by the ELBO:
+    ``NetworkDynamics`` given :func:`variational_mlp_network`.
 
     ``loss = NLL + kl_weight * sum(bl.losses()) / N`` per data point, with ``N`` the training-set
     size (``params['stats']['num_data']``, set by ``fit_stats``). Training uses ``estimator``
     (``'flipout'``: pseudo-independent weights per row, lower-variance gradients; or
     ``'reparameterization'``: one weight draw per minibatch). A function draw is a key: the
-    same key gives the same weights (reparameterization layers with the same parameters), so
-    ``sample_functions`` returns ``{'key': [k] keys}`` and ``transition`` draws each function's
-    weights once per call and applies them to its ``m`` rows as one matrix product.
+    same key gives the same weights (the layers under ``bl.estimator("reparameterization")``,
+    on the same parameters), so ``sample_functions`` returns ``{'key': [k] keys}`` and
+    ``transition`` draws each function's weights once per call and applies them to its ``m``
+    rows as one matrix product.
 
     Every weight's posterior is ``N(loc, softplus(raw_scale)^2)``, its stddev starting at
     ``posterior_stddev_init`` (default 0.01, well below the weights' own ``1 / sqrt(fan_in)``
     init scale, so training starts near the deterministic net; see
     ``DEFAULT_POSTERIOR_STDDEV_INIT``), under the prior ``N(0, prior_stddev^2)``.
     """
-
-    num_functions = None  # unlimited draws
 
     def __init__(
         self,
@@ -82,67 +122,22 @@ class VariationalMLP(GaussianDynamics):
         num_eval_draws: int = 8,
         **kwargs,
     ):
-        super().__init__(
-            obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden_sizes,
-            probabilistic=probabilistic, learn_reward=learn_reward, activation=activation,
-            **kwargs,
-        )
-        if estimator not in ESTIMATORS:
-            raise ValueError(
-                f"Unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}."
-            )
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
+        """Args:
+          obs_dim, act_dim, learn_reward, kl_weight, num_eval_draws, **kwargs: as
+            ``NetworkDynamics``'s.
+          hidden_sizes, activation, estimator, prior_stddev, posterior_stddev_init: as
+            :func:`variational_mlp_network`'s.
+          probabilistic: also predict the log-variance (else the mean only).
+        """
+        target_dim = int(obs_dim) + int(bool(learn_reward))
+        network = variational_mlp_network(
+            target_dim * (2 if probabilistic else 1), hidden_sizes, activation=activation,
+            estimator=estimator, prior_stddev=prior_stddev,
+            posterior_stddev_init=posterior_stddev_init)
+        super().__init__(network, obs_dim=obs_dim, act_dim=act_dim, learn_reward=learn_reward,
+                         kl_weight=kl_weight, num_eval_draws=num_eval_draws, **kwargs)
+        self.hidden_sizes = check_hidden_sizes(hidden_sizes)
+        self.activation = get_activation(activation)
         self.estimator = estimator
         self.prior_stddev = float(prior_stddev)
-        self.kl_weight = float(kl_weight)
-        self.num_eval_draws = int(num_eval_draws)
-        regularizer = bl.NormalKLDivergence(stddev=self.prior_stddev)
         self.posterior_stddev_init = float(posterior_stddev_init)
-        initializer = posterior_init(self.posterior_stddev_init)
-
-        def net(linear):
-            def forward(x):
-                out = bayesian_mlp(x, linear, self.hidden_sizes, self.out_size, self.activation,
-                                   regularizer, initializer)
-                return out, sum(bl.losses())
-            return hk.transform(forward)
-
-        self._train_net = net(ESTIMATORS[estimator])
-        self._function_net = net(bl.DenseReparameterization)
-
-    def _init_net(self, key: jax.Array, x: jax.Array) -> Any:
-        return self._function_net.init(key, x)
-
-    def _apply_net(self, net: Any, fns: Functions, key: jax.Array, x: jax.Array) -> jax.Array:
-        del key
-        apply = lambda k, rows: self._function_net.apply(net, k, rows)[0]  # noqa: E731
-        return jax.vmap(apply)(fns["key"], x)
-
-    @checks_num_draws
-    def sample_functions(self, params: Params, key: jax.Array, k: int) -> Functions:
-        return {"key": jax.random.split(key, k)}
-
-    def eval_functions(self, params: Params, key: jax.Array) -> Functions:
-        return self.sample_functions(params, key, self.num_eval_draws)
-
-    def kl(self, params: Params) -> jax.Array:
-        """KL(q(W) || p(W)) summed over all weights."""
-        x = jnp.zeros((1, self.in_dim), jnp.float32)
-        return self._train_net.apply(params["net"], jax.random.PRNGKey(0), x)[1]
-
-    def loss(self, params: Params, key: jax.Array, batch: Batch) -> Tuple[jax.Array, dict]:
-        """Negative ELBO per data point: the minibatch's mean per-point NLL (unit variance when
-        deterministic) + ``kl_weight * KL / N``, plus the log-variance bound penalty. Metrics
-        ``nll`` (nats per transition), ``mse`` (standardized units) and ``kl``."""
-        obs, act, target = self.standardized_targets(params, batch)
-        stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(self.model_inputs(obs, act))
-        out, kl = self._train_net.apply(params["net"], key, x)
-        mean, logvar = out[..., : self.target_dim], None
-        if self.probabilistic:
-            logvar = self._bounded_logvar(params, out[..., self.target_dim:])
-        loss = self._elbo_objective(
-            params, self._training_nll(mean, logvar, target).mean(), kl, self.kl_weight)
-        nll = self._predictive_nll(mean, logvar, target).mean()
-        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": kl}
