@@ -8,7 +8,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import envs
 from agents.agents import ModelBasedAgent, PETSAgent, RandomAgent, ThompsonAgent
@@ -74,13 +74,15 @@ def _network(cfg: ModelConfig, common: dict) -> Any:
         raise ValueError(f"This run's model is the network {cfg.network!r}, and a run folder "
                          f"never imports code by itself: give --network {cfg.network} again.")
     return models.NetworkDynamics(network, obs_dim=common["obs_dim"],
-                                  act_dim=common["act_dim"], learn_reward=cfg.learn_reward)
+                                  act_dim=common["act_dim"], learn_reward=cfg.learn_reward,
+                                  ignored_obs_dims=common["ignored_obs_dims"])
 
 
 def _gaussian_process(cfg: ModelConfig, common: dict) -> Any:
     return models.GaussianProcessDynamics(
         obs_dim=common["obs_dim"], act_dim=common["act_dim"], num_inducing=cfg.num_inducing,
-        depth=1 if cfg.name == "gp" else cfg.dgp_depth, learn_reward=cfg.learn_reward)
+        depth=1 if cfg.name == "gp" else cfg.dgp_depth, learn_reward=cfg.learn_reward,
+        ignored_obs_dims=common["ignored_obs_dims"])
 
 
 def load_network(spec: str) -> Any:
@@ -140,14 +142,17 @@ MODEL_BUILDERS: Dict[str, Callable[[ModelConfig, dict], Any]] = {
 
 
 def build_model(cfg: ModelConfig, obs_dim: int, act_dim: int,
-                network: Optional[Any] = None) -> Any:
+                network: Optional[Any] = None, ignored_obs_dims: Sequence[int] = ()) -> Any:
     """The dynamics model named by ``cfg.name`` (one of ``MODEL_NAMES``); for ``network``,
     ``models.NetworkDynamics`` of ``network`` (the object ``cfg.network`` names: the caller
-    imports it, e.g. with :func:`load_network`, since a run folder never imports code)."""
+    imports it, e.g. with :func:`load_network`, since a run folder never imports code).
+    ``ignored_obs_dims``: obs entries the model's network does not see (``build_agent`` passes
+    the task's ``absolute_position_dims``)."""
     if cfg.name not in MODEL_BUILDERS:
         raise ValueError(f"Unknown model {cfg.name!r}; known: {', '.join(MODEL_NAMES)}.")
     common = dict(obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=tuple(cfg.hidden_sizes),
-                  learn_reward=cfg.learn_reward, activation=cfg.activation)
+                  learn_reward=cfg.learn_reward, activation=cfg.activation,
+                  ignored_obs_dims=tuple(ignored_obs_dims))
     if cfg.name == "network":
         common["network"] = network
     return MODEL_BUILDERS[cfg.name](cfg, common)
@@ -189,7 +194,10 @@ def build_agent(config: RunConfig, network: Optional[Any] = None) -> Any:
     spec = envs.task(config.env, action_repeat=config.action_repeat)
     if not issubclass(cls, ModelBasedAgent):
         return cls(spec.action_low, spec.action_high)
-    model = build_model(config.model, spec.obs_dim, spec.act_dim, network)
+    # As PETS's models: an unbounded absolute position (the cheetah's x), kept in the
+    # observation for the reward only, is no input of the dynamics (its change is predicted).
+    model = build_model(config.model, spec.obs_dim, spec.act_dim, network,
+                        ignored_obs_dims=spec.absolute_position_dims)
     thompson = issubclass(cls, ThompsonAgent)
     propagation = "thompson" if thompson else config.planner.propagation
     mpc = planning.MPC(

@@ -81,6 +81,7 @@ class Run:
             raise RunError(f"{out_dir}: the replay buffer does not match {STATE}.")
         if run.agent.params is None and run.trials_done > 0:
             run.agent.params = folder.load_params()
+            _check_input_width(run, out_dir)
         run.rows = folder.read_rows()[: run.trials_done + 1]
         if trials is not None:  # only once the whole folder has been read back
             folder.save_config(config)
@@ -151,6 +152,22 @@ class Run:
         self.trials_done = trial
         self._commit()
         log(trial_summary(row, cfg.trials))
+
+
+def _check_input_width(run: Run, out_dir: str) -> None:
+    """A one-line RunError when the checkpoint's model reads another number of inputs than the
+    model the run's config builds: a halfcheetah or hopper run saved before the models stopped
+    seeing the task's absolute positions (``TaskSpec.absolute_position_dims``)."""
+    params, width = run.agent.params, getattr(run.agent.model, "in_dim", None)
+    stats = params.get("stats") if isinstance(params, dict) else None
+    inputs = stats.get("input") if isinstance(stats, dict) else None
+    if inputs is None or width is None or np.shape(inputs.mean)[-1:] == (width,):
+        return
+    raise RunError(
+        f"{out_dir}: its saved model reads {np.shape(inputs.mean)[-1]} inputs, the model its "
+        f"config builds reads {width} (it ignores the observation entries "
+        f"{list(run.agent.model.ignored_obs_dims)}, absolute positions); the run was saved by "
+        f"an older version: start a new run.")
 
 
 def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = False,

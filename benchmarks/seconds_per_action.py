@@ -7,8 +7,10 @@ For each model: the preset of ``--env`` (``experiments/presets.py``) with ``mode
 trained by the agent (``ModelBasedAgent.update``, the preset's training settings) on the preset's
 ``seed_steps`` random steps of the real env, then one episode from the env's start state in which
 the first action (the compile) is excluded and the next ``--actions`` are timed one by one
-(wall clock, ``mpc.act`` including the transfer of the action to the host). Prints a markdown
-table (median and min seconds per action, the training seconds) and, last, one JSON object.
+(wall clock, ``mpc.act`` including the transfer of the action to the host; and the process's
+CPU seconds over them, all threads, which other processes' load does not inflate as much).
+Prints a markdown table (median and min seconds per action, CPU seconds per action, the
+training seconds) and, last, one JSON object with the 1-minute load average before and after.
 ``--set section.field=value`` overrides a config field (a Python literal), for every model.
 Run it on an otherwise idle machine: other processes' load goes straight into the numbers.
 """
@@ -81,11 +83,12 @@ def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
     train = agent.update(buffer, key)
     agent.begin_episode(key)
     obs, _ = env.reset(seed=env_seed(seed, 1, 1))
-    times = []
+    times, cpu = [], 0.0
     for t in range(actions + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         action = agent.act(obs, jax.random.fold_in(key, t))
         times.append(time.perf_counter() - start)
+        cpu += (time.process_time() - start_cpu) if t else 0.0
         obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             obs, _ = env.reset(seed=env_seed(seed, 1, t + 2))
@@ -97,6 +100,7 @@ def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
         "population": planner.population, "iterations": planner.iterations,
         "particles": planner.num_particles, "action_repeat": config.action_repeat,
         "median_s": float(np.median(timed)), "min_s": float(timed.min()),
+        "cpu_s": cpu / actions,
         "first_action_s": times[0], "train_s": train["seconds"], "actions": actions,
     }
 
@@ -115,22 +119,24 @@ def main(argv=None) -> None:
     args = make_parser().parse_args(argv)
     if args.actions < 1:
         raise SystemExit("--actions must be at least 1.")
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for model in args.models:
         try:
             rows.append(seconds_per_action(args.env, model, args.actions, args.overrides))
         except ValueError as error:
             raise SystemExit(str(error)) from None
-    print("| env | model | planner | s/action (median) | s/action (min) | first action (compile) "
-          "| training (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| env | model | planner | s/action (median) | s/action (min) | CPU s/action "
+          "| first action (compile) | training (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         planner = (f"{r['optimizer']} {r['population']}x{r['iterations']}, horizon "
                    f"{r['horizon']}, {r['particles']} particles, {r['propagation']}")
         print(f"| {r['env']} | {r['model']} | {planner} | {r['median_s']:.3f} | "
-              f"{r['min_s']:.3f} | {r['first_action_s']:.1f} | {r['train_s']:.1f} |")
+              f"{r['min_s']:.3f} | {r['cpu_s']:.3f} | {r['first_action_s']:.1f} | "
+              f"{r['train_s']:.1f} |")
     print(json.dumps({"machine": platform.processor() or platform.machine(),
-                      "cpus": os.cpu_count(), "backend": jax.default_backend(), "rows": rows}))
+                      "cpus": os.cpu_count(), "backend": jax.default_backend(),
+                      "load_1min": [load_before, os.getloadavg()[0]], "rows": rows}))
 
 
 if __name__ == "__main__":

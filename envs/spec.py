@@ -44,8 +44,9 @@ class TaskSpec:
             x position); ``make`` refuses to override them.
         absolute_position_dims: observation entries that are absolute positions exposed only
             so the reward can be computed (the x coordinate of the cheetah and the hopper). The
-            dynamics do not depend on them, so a model would usually drop them from its input
-            and still predict their change.
+            dynamics do not depend on them, so the agents' models drop them from their inputs
+            (``agents.build_agent`` passes them as the model's ``ignored_obs_dims``) and still
+            predict their change.
         dynamics_fn: exact JAX dynamics ``step(obs [..., d], act [..., a]) -> next_obs``
             where the env's true dynamics have a closed form in JAX, else None
             (see `envs.jax_dynamics`).

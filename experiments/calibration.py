@@ -80,7 +80,8 @@ def _model(cfg: ModelConfig, spec, hidden, sequence_length):
     # The LSTM's head is two layers: the recurrent cell is its first hidden layer.
     hidden = hidden[:2] if cfg.name == "vlstm" else hidden
     cfg = dataclasses.replace(cfg, hidden_sizes=hidden, sequence_length=sequence_length)
-    return build_model(cfg, spec.obs_dim, spec.act_dim)
+    return build_model(cfg, spec.obs_dim, spec.act_dim,
+                       ignored_obs_dims=spec.absolute_position_dims)
 
 
 def _oracle_cell(env_name: str, seed: int, args: argparse.Namespace) -> dict:

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train an agent (or resume a run)")
-    train.add_argument("--env", help="task name (see `envs.names()`); default cartpole_swingup")
+    train.add_argument("--env", help="task name (see `envs.names()`), or a named preset "
+                       "(experiments.presets.NAMED_PRESETS, e.g. halfcheetah_cem); default "
+                       "cartpole_swingup")
     train.add_argument("--agent", choices=AGENT_NAMES, help="default pets")
     train.add_argument("--model", choices=MODEL_NAMES, help="dynamics model; default pe")
     train.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
@@ -104,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="fields:\n" + describe_fields(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_argument("--env", default="cartpole_swingup",
-                        help="task whose preset to print; default cartpole_swingup")
+                        help="task whose preset to print, or a named preset (e.g. "
+                             "halfcheetah_cem); default cartpole_swingup")
     return parser
 
 
@@ -156,9 +159,9 @@ def _train(args: argparse.Namespace) -> int:
                 raise ValueError(f"Config file {args.config} is not valid JSON.") from None
             # Every value in the file must be valid, even one a flag below replaces.
             validate_config(config, fields_only=True)
-        else:
+        else:  # a task's preset, or a named one (its env is the task's)
             config = preset_config(args.env or "cartpole_swingup")
-        if args.env is not None and args.env != config.env:
+        if args.config and args.env is not None and args.env != config.env:
             config = _with_env(config, args.env)
         for flag, attr in (("agent", "agent"), ("trials", "trials"), ("seed", "seed"),
                            ("seed_steps", "seed_steps")):

@@ -133,7 +133,7 @@ def test_the_schema_documents_every_field():
     assert all(meaning for meaning, _ in FIELDS.values())
 
 
-@pytest.mark.parametrize("env", ["pendulum", "halfcheetah"])
+@pytest.mark.parametrize("env", ["pendulum", "halfcheetah", "halfcheetah_cem"])
 def test_config_command_prints_a_usable_default(env, tmp_path, capsys):
     assert main(["config", "--env", env]) == 0
     text = capsys.readouterr().out

@@ -94,6 +94,13 @@ def test_layer_loops_over_input_slices_equal_the_step_by_step_rollout():
     _assert_same(*_both(plain, fused, params, reward=None))
 
 
+def test_ignored_obs_dims_the_kernel_reads_as_zero_weights():
+    """A model blind to some state entries (``ignored_obs_dims``): the kernel, which reads the
+    whole state, still computes the plain model's function."""
+    plain, fused, params = _models(ignored_obs_dims=(1,), activation=jax.nn.sigmoid)
+    _assert_same(*_both(plain, fused, params))
+
+
 @pytest.mark.parametrize("propagation", ["ts_inf", "thompson"])
 def test_mpc_plans_as_with_the_plain_model(probabilistic, propagation):
     """Through the MPC (one jitted call per action; for ``thompson`` the packed draw lives in

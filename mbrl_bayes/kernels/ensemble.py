@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbrl_bayes import sampling
 from mbrl_bayes.kernels.config import KernelConfig
@@ -14,6 +15,7 @@ from mbrl_bayes.kernels.fused_rollout import fused_rollout, pack_rollout
 from mbrl_bayes.kernels.mosaic_rollout import mosaic_rollout
 from mbrl_bayes.models.base import Functions, Params
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
+from mbrl_bayes.models.normalization import Normalizer
 
 
 class KernelEnsemble(ProbabilisticEnsemble):
@@ -50,11 +52,27 @@ class KernelEnsemble(ProbabilisticEnsemble):
         whole-horizon kernel (``'rollout'``) and, with ``backend="triton"``, for the per-step
         network kernel (``'packed'``)."""
         fns = super().sample_functions(params, key, k)
-        fns["rollout"] = pack_rollout(fns["layers"], params["stats"],
-                                      params.get("logvar_bounds"), self.obs_dim, self.kernel)
+        layers, stats = self._whole_state_inputs(fns["layers"], params["stats"])
+        fns["rollout"] = pack_rollout(layers, stats, params.get("logvar_bounds"), self.obs_dim,
+                                      self.kernel)
         if self.kernel.backend == "triton":
             fns["packed"] = pack_stacked_mlp(fns["layers"], self.kernel)
         return fns
+
+    def _whole_state_inputs(self, layers: list, stats: dict) -> Tuple[list, dict]:
+        """``layers`` and ``stats`` over the whole ``[obs, act]`` (the rollout kernel reads the
+        whole state): zero first-layer rows and an identity standardization at the
+        ``ignored_obs_dims``, so the network computes the same function of what it sees."""
+        if not self.ignored_obs_dims:
+            return layers, stats
+        size = self.obs_dim + self.act_dim
+        seen = np.asarray([i for i in range(size) if i not in self.ignored_obs_dims])
+        first, inputs = layers[0], stats["input"]
+        w = jnp.zeros(first["w"].shape[:1] + (size,) + first["w"].shape[2:], first["w"].dtype)
+        mean = jnp.zeros((size,), inputs.mean.dtype).at[seen].set(inputs.mean)
+        std = jnp.ones((size,), inputs.std.dtype).at[seen].set(inputs.std)
+        return ([{**first, "w": w.at[:, seen].set(first["w"])}, *layers[1:]],
+                {**stats, "input": Normalizer(mean, std)})
 
     def _apply_net(self, net: list, fns: Functions, key: jax.Array, x: jax.Array):
         if "packed" not in fns:  # training and evaluation (all members), or Mosaic GPU

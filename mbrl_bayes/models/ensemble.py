@@ -90,12 +90,13 @@ class ProbabilisticEnsemble(GaussianDynamics):
         max_logvar_init: float = 0.5,
         min_logvar_init: float = -10.0,
         logvar_bound_penalty: float = 0.01,
+        ignored_obs_dims: Sequence[int] = (),
     ):
         super().__init__(
             obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=hidden_sizes,
             probabilistic=probabilistic, learn_reward=learn_reward, activation=activation,
             max_logvar_init=max_logvar_init, min_logvar_init=min_logvar_init,
-            logvar_bound_penalty=logvar_bound_penalty,
+            logvar_bound_penalty=logvar_bound_penalty, ignored_obs_dims=ignored_obs_dims,
         )
         if int(ensemble_size) < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}.")

@@ -3,8 +3,10 @@
 A subclass supplies the network (``_init_net``, ``_apply_net``) and what a function draw is
 (``sample_functions``); this class does the rest, identically for every model:
 
-* inputs ``[obs, act]`` and targets ``[next_obs - obs, reward?]`` are standardized with statistics
-  fitted on the data (``fit_stats``) and stored in ``params['stats']`` (never trained);
+* inputs ``[obs, act]`` (``model_inputs``: without the ``ignored_obs_dims``, e.g. a root's
+  unbounded x position, which the network then never sees) and targets
+  ``[next_obs - obs, reward?]`` (every obs dimension) are standardized with statistics fitted on
+  the data (``fit_stats``) and stored in ``params['stats']`` (never trained);
 * a probabilistic head's log-variance is kept inside learned soft bounds (PETS, Chua et al.
   2018): ``logvar = max - softplus(max - raw)``, ``logvar = min + softplus(logvar - min)``, with
   the penalty
@@ -78,6 +80,31 @@ def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callab
     return ACTIVATIONS[activation]
 
 
+def _check_ignored_obs_dims(dims: Sequence[int], obs_dim: int) -> Tuple[int, ...]:
+    """``dims`` as sorted distinct ints in ``[0, obs_dim)``, leaving at least one; else a
+    one-line ValueError."""
+    try:
+        out = tuple(dims)
+    except TypeError:
+        out = None
+    ok = out is not None and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < obs_dim
+        for i in out) and len(set(out)) == len(out) < obs_dim
+    if not ok:
+        raise ValueError(f"ignored_obs_dims must be distinct ints in [0, obs_dim={obs_dim}) "
+                         f"that leave at least one, got {dims!r}.")
+    return tuple(sorted(int(i) for i in out))
+
+
+def _kept_index(ignored: Tuple[int, ...], obs_dim: int) -> slice | np.ndarray:
+    """Index of the obs dimensions a network sees: a slice when they are contiguous (so
+    ``obs[..., index]`` is a slice, not a gather, in the planner's inner loop)."""
+    kept = [i for i in range(obs_dim) if i not in ignored]
+    if kept == list(range(kept[0], kept[-1] + 1)):
+        return slice(kept[0], kept[-1] + 1)
+    return np.asarray(kept)
+
+
 def check_hidden_sizes(hidden_sizes: Sequence[int]) -> Tuple[int, ...]:
     """``hidden_sizes`` as a tuple of ints; ``ValueError`` unless every width is positive."""
     hidden_sizes = tuple(int(h) for h in hidden_sizes)
@@ -87,7 +114,11 @@ def check_hidden_sizes(hidden_sizes: Sequence[int]) -> Tuple[int, ...]:
 
 
 class GaussianDynamics(abc.ABC):
-    """Base of the MLP dynamics models; see the module docstring."""
+    """Base of the MLP dynamics models; see the module docstring.
+
+    ``ignored_obs_dims``: observation entries the network never sees (``model_inputs``), e.g.
+    a task's ``absolute_position_dims``; their change is still predicted.
+    """
 
     def __init__(
         self,
@@ -101,9 +132,12 @@ class GaussianDynamics(abc.ABC):
         max_logvar_init: float = 0.5,
         min_logvar_init: float = -10.0,
         logvar_bound_penalty: float = 0.01,
+        ignored_obs_dims: Sequence[int] = (),
     ):
         if int(obs_dim) <= 0 or int(act_dim) <= 0:
             raise ValueError(f"obs_dim and act_dim must be positive, got {obs_dim}, {act_dim}.")
+        self.ignored_obs_dims = _check_ignored_obs_dims(ignored_obs_dims, int(obs_dim))
+        self._kept_obs = _kept_index(self.ignored_obs_dims, int(obs_dim))
         hidden_sizes = check_hidden_sizes(hidden_sizes)
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
@@ -179,7 +213,20 @@ class GaussianDynamics(abc.ABC):
     # ----------------------------------------------------------------- sizes
     @property
     def in_dim(self) -> int:
-        return self.obs_dim + self.act_dim
+        """Network input width: the obs dimensions it sees, then the action."""
+        return self.obs_dim - len(self.ignored_obs_dims) + self.act_dim
+
+    def model_inputs(self, obs: Any, act: Any) -> Any:
+        """The network's inputs before standardization: ``obs`` [..., d] without the
+        ``ignored_obs_dims``, then ``act`` [..., a] -> [..., in_dim]. Numpy in, numpy out; else
+        a JAX array. Every model builds its inputs here, so a network's output (hence every
+        prediction) does not depend on the ignored dimensions; it still predicts their change.
+        """
+        if self.ignored_obs_dims:
+            obs = obs[..., self._kept_obs]
+        if isinstance(obs, np.ndarray) and isinstance(act, np.ndarray):
+            return np.concatenate([obs, act], axis=-1)
+        return jnp.concatenate([obs, act], axis=-1)
 
     @property
     def target_dim(self) -> int:
@@ -197,7 +244,7 @@ class GaussianDynamics(abc.ABC):
                       axes=("n",))
         check_finite("obs", obs)
         check_finite("act", act)
-        x = jnp.concatenate([jnp.asarray(obs, jnp.float32), jnp.asarray(act, jnp.float32)], -1)
+        x = self.model_inputs(jnp.asarray(obs, jnp.float32), jnp.asarray(act, jnp.float32))
         x = x.reshape(-1, self.in_dim)
         params: Dict[str, Any] = {"net": self._init_net(key, x)}
         if self.probabilistic:
@@ -225,9 +272,10 @@ class GaussianDynamics(abc.ABC):
         return {**params, "stats": stats}
 
     def inputs_targets(self, data: Batch) -> Tuple[np.ndarray, np.ndarray]:
-        """Model inputs ``[obs, act]`` [n, in_dim], targets ``[delta, reward?]`` [n, target_dim]."""
-        obs, act, next_obs = data["obs"], data["act"], data["next_obs"]
-        inputs = np.concatenate([obs, act], axis=-1)
+        """Model inputs (``model_inputs``) [n, in_dim], targets ``[delta, reward?]``
+        [n, target_dim] (numpy)."""
+        obs, act, next_obs = (np.asarray(data[f]) for f in ("obs", "act", "next_obs"))
+        inputs = self.model_inputs(obs, act)
         targets = [next_obs - obs]
         if self.learns_reward:
             targets.append(np.asarray(data["reward"])[..., None])
@@ -250,8 +298,7 @@ class GaussianDynamics(abc.ABC):
         """Standardized target mean and raw (unbounded) log-variance (None if deterministic),
         each [k, m, t]."""
         stats = jax.lax.stop_gradient(params["stats"])
-        x = standardize(jnp.concatenate([obs, act], axis=-1), stats["input"].mean,
-                        stats["input"].std)
+        x = standardize(self.model_inputs(obs, act), stats["input"].mean, stats["input"].std)
         out = self._apply_net(params["net"], fns, key, x)
         if not self.probabilistic:
             return out, None

@@ -11,7 +11,7 @@ per-dimension Gaussian variance (the likelihood), floored at ``exp(min_logvar_in
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -80,6 +80,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         noise_floor: float = 1e-6,
         num_eval_draws: int = 8,
         hyperparameter_steps: int = 200,
+        ignored_obs_dims: Sequence[int] = (),
     ):
         if kernel not in KERNEL_ALIASES:
             raise ValueError(f"Unknown kernel {kernel!r}; known: {', '.join(KERNEL_ALIASES)}.")
@@ -94,6 +95,7 @@ class GaussianProcessDynamics(GaussianDynamics):
             obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=(), probabilistic=True,
             learn_reward=learn_reward, max_logvar_init=0.5,
             min_logvar_init=float(np.log(noise_floor)), logvar_bound_penalty=0.0,
+            ignored_obs_dims=ignored_obs_dims,
         )
         self.num_inducing = int(num_inducing)
         self.depth = int(depth)
@@ -280,7 +282,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         ``kl``, ``expected_nll``."""
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         mean, var_f, kl = self._net.apply[0](params["net"]["gp"], key, x)
         noise_logvar = self._bounded_logvar(params, params["net"]["raw_noise"])
         noise = jnp.exp(noise_logvar)
@@ -298,7 +300,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         """The analytic predictive mean and variance of ``next_obs`` [n, d] (noise included;
         for a deep GP, conditional on one draw of the inner layers from ``key``)."""
         stats = params["stats"]
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         if key is None:
             key = jax.random.PRNGKey(0)
         mean, var_f, _ = self._net.apply[0](params["net"]["gp"], key, x)

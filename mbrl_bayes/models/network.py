@@ -38,7 +38,8 @@ class NetworkDynamics(GaussianDynamics):
     * a pair of pure functions ``(init, apply)``: ``init(key, x) -> params`` and
       ``apply(params, key, x) -> outputs`` (e.g. a Flax or Equinox network; no penalty).
 
-    Its input ``x`` is ``[n, obs_dim + act_dim]``, the standardized ``[obs, act]``; its output
+    Its input ``x`` is ``[n, in_dim]``, the standardized ``[obs, act]`` (``in_dim = obs_dim +
+    act_dim`` less the ``ignored_obs_dims``, see ``GaussianDynamics.model_inputs``); its output
     is, for the standardized target ``[next_obs - obs, reward?]`` of width ``t = obs_dim (+ 1
     with learn_reward)``:
 
@@ -103,7 +104,7 @@ class NetworkDynamics(GaussianDynamics):
             clipping were tuned. Same minimizer, up to the weight of the bound penalty (added
             unscaled to both).
           **kwargs: ``GaussianDynamics``'s ``max_logvar_init``, ``min_logvar_init``,
-            ``logvar_bound_penalty``.
+            ``logvar_bound_penalty``, ``ignored_obs_dims``.
 
         Raises:
           TypeError: when ``network`` is neither a function nor an ``(init, apply)`` pair.
@@ -250,7 +251,7 @@ class NetworkDynamics(GaussianDynamics):
             return self._pets_loss(params, key, batch)
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         if self.ensemble_size is None:
             out, penalty = self._apply_with_penalty(params["net"], key, x)
         else:  # every member on the minibatch; the penalty does not depend on the member
@@ -276,7 +277,7 @@ class NetworkDynamics(GaussianDynamics):
         k = jax.tree_util.tree_leaves(fns)[0].shape[0]
         obs, act = (jnp.broadcast_to(a, (k,) + a.shape) for a in (obs, act))
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         out, penalty = self._per_draw(self._apply_with_penalty, params["net"], fns, x)
         penalty = penalty.mean()
         # jnp.split, as GaussianDynamics splits function draws, not _outputs' slices: equal

@@ -160,7 +160,7 @@ class VariationalLSTM(GaussianDynamics):
         """Draw ``i`` on ``obs[i]`` [k, m, d], ``act[i]`` [k, m, a] after the history summarized by
         ``carry`` ([k, m, H] leaves; ``None``: no history). Returns the next carry too."""
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         out, carry = self._step_net(params["net"], fns, x, carry)
         mean, raw = out, None
         if self.probabilistic:
@@ -172,7 +172,7 @@ class VariationalLSTM(GaussianDynamics):
         """Standardized mean/log-variance [B, L, t], targets [B, L, t] and the KL."""
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
-        x = stats["input"].normalize(jnp.concatenate([obs, act], axis=-1))
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         out, _, kl = net_apply(params["net"], key, jnp.swapaxes(x, 0, 1), None)
         out = jnp.swapaxes(out, 0, 1)
         if not self.probabilistic:
