@@ -133,6 +133,14 @@ def test_check_model_runs_a_complete_model_cleanly(name):
     assert check_model(make(name), KEY) == []
 
 
+def test_check_model_runs_fit_stats_on_the_host_as_train_does():
+    # The GP's fit_stats reads values (it places inducing points on data rows): not traceable,
+    # and it need not be (models.train calls it outside jit).
+    model = models.GaussianProcessDynamics(obs_dim=D, act_dim=A, num_inducing=4,
+                                           hyperparameter_steps=2)
+    assert check_model(model, KEY) == []
+
+
 class Sketch:
     """A model author's first draft: no reward flag, no fit_stats, evaluate or predict."""
 

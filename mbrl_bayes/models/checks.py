@@ -150,8 +150,9 @@ def check_model(model: Any, key: Optional[jax.Array] = None) -> List[str]:
 
 
 def _run_model(model: Any, key: jax.Array) -> List[str]:
-    """``check_model``'s dynamic part: every entry point traced once on a few zero rows,
-    abstractly (``jax.eval_shape``: shapes and structure, nothing computed or compiled)."""
+    """``check_model``'s dynamic part: every entry point run once on a few zero rows; ``init``
+    and ``fit_stats`` on the host (as ``models.train`` runs them), the others abstractly
+    (``jax.eval_shape``: shapes and structure, nothing computed or compiled)."""
     name, d, a, n = type(model).__name__, int(model.obs_dim), int(model.act_dim), 4
     window = getattr(model, "sequence_length", None)
     lead = (n, int(window)) if window else (n,)
@@ -161,23 +162,26 @@ def _run_model(model: Any, key: jax.Array) -> List[str]:
     flat = {k: v.reshape((-1,) + v.shape[len(lead):]) for k, v in batch.items()}
     problems: List[str] = []
 
-    def attempt(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def attempt(what: str, fn: Callable[..., Any], *args: Any, concrete: bool = False) -> Any:
         try:
-            return jax.eval_shape(fn, *args)
+            return fn(*args) if concrete else jax.eval_shape(fn, *args)
         except Exception as e:  # report, and go on with what does not depend on it
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             problems.append(f"{name}.{what} failed: {type(e).__name__}: {message}")
             return None
 
+    # init and fit_stats run on the host, as models.train runs them (fit_stats may read values,
+    # e.g. a GP places its inducing points on data rows); the rest is traced abstractly.
     params = attempt("init(key, obs [n, d], act [n, a])",
-                     lambda: model.init(key, flat["obs"], flat["act"]))
+                     lambda: model.init(key, flat["obs"], flat["act"]), concrete=True)
     if params is None:
         return problems
     if not isinstance(params, dict) or "stats" not in params:
         problems.append(f"{name}.init must return a dict of params with a 'stats' entry "
                         "(models.train fits it with fit_stats and never trains it).")
         return problems
-    fitted = attempt("fit_stats(params, data)", lambda p: model.fit_stats(p, flat), params)
+    fitted = attempt("fit_stats(params, data)", lambda p: model.fit_stats(p, flat), params,
+                     concrete=True)
     if fitted is not None and (not isinstance(fitted, dict) or "stats" not in fitted):
         problems.append(f"{name}.fit_stats must return the params with their 'stats' entry.")
     out = attempt("loss(params, key, batch)", lambda p: model.loss(p, key, batch), params)
