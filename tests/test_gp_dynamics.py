@@ -104,6 +104,7 @@ def test_training_lowers_the_loss_and_reports_the_gaussian_nll():
     assert 0.8 <= np.mean(z < 1.6449) <= 1.0
 
 
+@pytest.mark.heavy  # ~20 s on 2 cores
 def test_contract_shapes_and_fixed_functions():
     model, params, _ = trained()
     k, m = 5, 7
@@ -148,6 +149,7 @@ def test_mpc_plans_with_every_propagation(propagation):
     assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
 
 
+@pytest.mark.heavy  # ~20 s on 2 cores
 def test_deep_gp_draws_compose():
     """Without training: after fit_stats the deep GP's mean draw (inner layers near the
     identity) already predicts, and its draws are fixed functions of the rows."""

@@ -64,7 +64,11 @@ def _steps(model, params, obs, act):
     return step(obs) - obs, step(shifted) - shifted
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+HEAVY = ("gp", "vlstm")  # 10+ s each on 2 cores: `pytest -m heavy`
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.heavy) if n in HEAVY else n
+                                  for n in sorted(MODELS)])
 def test_predictions_do_not_depend_on_ignored_dims(name):
     model, params, data = _fitted(name, ignored=(0,))
     assert model.in_dim == OBS_DIM - 1 + ACT_DIM
