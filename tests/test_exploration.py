@@ -280,9 +280,9 @@ def test_compare_exploration_tiny(tmp_path):
 
     out = str(tmp_path / "explore")
     argv = ["--envs", "mountaincar", "--seeds", "0", "--trials", "1", "--budget", "tiny",
-            "--variants", "disagreement", "random", "--out", out, "--quiet"]
+            "--variants", "disagreement", "optimistic", "random", "--out", out, "--quiet"]
     text = compare_exploration.main(argv)
-    for label in ("disagreement", "random"):
+    for label in ("disagreement", "optimistic", "random"):
         assert f"| {label} | 1 |" in text  # the return table
         # 10 blocks of 5 steps never reach the flag: 0 of 1 seeds, Wilson CI 0-0.79.
         assert f"| {label} | 0/1 (0.00-0.79) | - | 0/1 |" in text
@@ -293,6 +293,10 @@ def test_compare_exploration_tiny(tmp_path):
     config = RunConfig.load(os.path.join(run_dir, "config.json"))
     assert (config.planner.bonus, config.planner.bonus_scale, config.action_repeat) == (
         "disagreement", 100.0, 5)
+    config = RunConfig.load(os.path.join(out, "runs", "mountaincar", "optimistic", "s0",
+                                         "config.json"))
+    assert (config.agent, config.planner.propagation, config.planner.beta,
+            config.planner.bonus) == ("pets", "optimistic", 1.0, None)
     assert os.path.getsize(os.path.join(out, "curves_mountaincar.png")) > 1000
     again = compare_exploration.main(argv)  # resumes: nothing left to run, same tables
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
