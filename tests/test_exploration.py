@@ -274,6 +274,25 @@ def test_wilson_interval_closed_forms():
         wilson_interval(0, 0)
 
 
+def test_compare_exploration_overrides_apply_to_every_variant(capsys):
+    from experiments.compare_exploration import VARIANTS, main, with_overrides
+    from experiments.presets import preset_config
+
+    changed = with_overrides(VARIANTS, action_repeat=1, particles=5)
+    assert list(changed) == list(VARIANTS)
+    for label in ("ts_inf", "optimistic", "disagreement", "random"):
+        config = changed[label](preset_config("mountaincar"))
+        assert (config.action_repeat, config.planner.num_particles) == (1, 5)
+        assert config.agent == VARIANTS[label](preset_config("mountaincar")).agent
+    same = with_overrides(VARIANTS)["hucrl"](preset_config("mountaincar"))
+    assert (same.action_repeat, same.planner.num_particles, same.planner.propagation) == (
+        5, 20, "hucrl")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--envs", "mountaincar", "--action-repeat", "0", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--action-repeat: must be positive, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 def test_compare_exploration_tiny(tmp_path):
     from experiments import compare_exploration
