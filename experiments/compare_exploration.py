@@ -6,8 +6,11 @@
 
 Every model-based variant plans with the probabilistic ensemble (PE) and CEM of the task's preset
 (``--budget preset``, the default here: the presets set the horizon and action repeat these tasks
-need); only the propagation / bonus differs. Resumable: rerun the same command to continue
-(finished runs are skipped); ``--engine ray`` runs the grid on Ray.
+need); only the propagation / bonus differs. ``--action-repeat`` and ``--particles`` change the
+preset for every variant alike, e.g. ``--action-repeat 1`` makes ``mountaincar`` the classic task
+in which a 30-step horizon cannot see the flag from the valley (give it its own ``--out``).
+Resumable: rerun the same command to continue (finished runs are skipped); ``--engine ray`` runs
+the grid on Ray.
 
 An episode *succeeds* when it reaches the sparse reward: ``mountaincar`` when it ends at the flag
 before the time limit, the other tasks when its return is above 0 (reward 1 was earned at least
@@ -19,6 +22,7 @@ per action (median over trials); plus the return curves and per-trial returns of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Dict, List, Optional, Sequence
@@ -28,6 +32,7 @@ import numpy as np
 import envs
 from agents import RunConfig, read_metrics
 from agents.checkpoint import load_json
+from experiments.cli import _positive_int
 from experiments.common import (
     Grid,
     Variant,
@@ -75,6 +80,21 @@ VARIANTS: Dict[str, Variant] = {
     "disagreement": _planner("pets", "mean", bonus="disagreement"),
     "random": _random,
 }
+
+
+def with_overrides(variants: Dict[str, Variant], action_repeat: Optional[int] = None,
+                   particles: Optional[int] = None) -> Dict[str, Variant]:
+    """``variants``, each first setting the preset's action repeat and planner particles to the
+    given values (``None``: the preset's)."""
+    def override(variant: Variant) -> Variant:
+        def changed(config: RunConfig) -> RunConfig:
+            if action_repeat is not None:
+                config.action_repeat = action_repeat
+            if particles is not None:
+                config.planner = dataclasses.replace(config.planner, num_particles=particles)
+            return variant(config)
+        return changed
+    return {label: override(variant) for label, variant in variants.items()}
 
 
 def episode_successes(run_dir: str) -> List[bool]:
@@ -145,9 +165,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.set_defaults(budget="preset", seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--report-only", action="store_true",
                         help="tabulate the finished runs only; run nothing")
+    parser.add_argument("--action-repeat", type=_positive_int, default=None,
+                        help="env steps per action for every variant; default: the preset's")
+    parser.add_argument("--particles", type=_positive_int, default=None,
+                        help="planner particles for every variant; default: the preset's")
     args = parser.parse_args(argv)
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
-    variants = select(VARIANTS, args.variants)
+    variants = with_overrides(select(VARIANTS, args.variants), args.action_repeat,
+                              args.particles)
     if args.report_only:
         os.makedirs(args.out, exist_ok=True)
         grid = finished_grid(args.out, args.envs, list(variants), args.seeds, trials)

@@ -274,15 +274,34 @@ def test_wilson_interval_closed_forms():
         wilson_interval(0, 0)
 
 
+def test_compare_exploration_overrides_apply_to_every_variant(capsys):
+    from experiments.compare_exploration import VARIANTS, main, with_overrides
+    from experiments.presets import preset_config
+
+    changed = with_overrides(VARIANTS, action_repeat=1, particles=5)
+    assert list(changed) == list(VARIANTS)
+    for label in ("ts_inf", "optimistic", "disagreement", "random"):
+        config = changed[label](preset_config("mountaincar"))
+        assert (config.action_repeat, config.planner.num_particles) == (1, 5)
+        assert config.agent == VARIANTS[label](preset_config("mountaincar")).agent
+    same = with_overrides(VARIANTS)["hucrl"](preset_config("mountaincar"))
+    assert (same.action_repeat, same.planner.num_particles, same.planner.propagation) == (
+        5, 20, "hucrl")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--envs", "mountaincar", "--action-repeat", "0", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--action-repeat: must be positive, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 def test_compare_exploration_tiny(tmp_path):
     from experiments import compare_exploration
 
     out = str(tmp_path / "explore")
     argv = ["--envs", "mountaincar", "--seeds", "0", "--trials", "1", "--budget", "tiny",
-            "--variants", "disagreement", "random", "--out", out, "--quiet"]
+            "--variants", "disagreement", "optimistic", "random", "--out", out, "--quiet"]
     text = compare_exploration.main(argv)
-    for label in ("disagreement", "random"):
+    for label in ("disagreement", "optimistic", "random"):
         assert f"| {label} | 1 |" in text  # the return table
         # 10 blocks of 5 steps never reach the flag: 0 of 1 seeds, Wilson CI 0-0.79.
         assert f"| {label} | 0/1 (0.00-0.79) | - | 0/1 |" in text
@@ -293,6 +312,10 @@ def test_compare_exploration_tiny(tmp_path):
     config = RunConfig.load(os.path.join(run_dir, "config.json"))
     assert (config.planner.bonus, config.planner.bonus_scale, config.action_repeat) == (
         "disagreement", 100.0, 5)
+    config = RunConfig.load(os.path.join(out, "runs", "mountaincar", "optimistic", "s0",
+                                         "config.json"))
+    assert (config.agent, config.planner.propagation, config.planner.beta,
+            config.planner.bonus) == ("pets", "optimistic", 1.0, None)
     assert os.path.getsize(os.path.join(out, "curves_mountaincar.png")) > 1000
     again = compare_exploration.main(argv)  # resumes: nothing left to run, same tables
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
