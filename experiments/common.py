@@ -67,6 +67,8 @@ def base_parser(description: str, default_envs: Sequence[str]) -> argparse.Argum
                         help="fast: the comparison budget; preset: the task presets; tiny: a "
                              "seconds-long smoke run")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate the finished runs only; run nothing")
     add_engine_args(parser)
     return parser
 
@@ -89,9 +91,11 @@ def run_grid(
     budget: str = "fast",
     progress: bool = False,
     engine: Optional[Engine] = None,
+    report_only: bool = False,
 ) -> Grid:
     """Runs (or resumes) every (env, variant, seed) on ``engine`` (default: one after another
-    in this process); returns the finished runs (see ``Grid``).
+    in this process); returns the finished runs (see ``Grid``). With ``report_only`` nothing
+    runs: the unfinished runs are listed in ``failed`` as not run.
 
     Finished runs are skipped. A run that raises, or whose Ray task is killed, is reported by
     name (``"<env> <variant> seed <seed>"``) and left out of the result; the others go on.
@@ -118,14 +122,20 @@ def run_grid(
                     jobs.append(Job(name, _run_one, (run_dir, config, progress and local, name,
                                                      local)))
     os.makedirs(out, exist_ok=True)
-    grid = Grid(run_jobs(jobs, engine, progress, done=skipped))
+    if report_only:
+        grid = Grid({job.name: "not run (--report-only)" for job in jobs})
+    else:
+        grid = Grid(run_jobs(jobs, engine, progress, done=skipped))
     for env, label, run_dir, name, n_trials in cells:
         if name not in grid.failed and not _finished(run_dir, n_trials):
             grid.failed[name] = (f"finished, but {run_dir} is not visible here: on a "
                                  "multi-machine cluster --out must be on a shared filesystem.")
         if name not in grid.failed:
             grid.setdefault(env, {}).setdefault(label, []).append(run_dir)
-    if grid.failed:
+    if grid.failed and report_only:
+        print(f"{len(grid.failed)} of {len(cells)} runs are not finished (left out):",
+              file=sys.stderr)
+    elif grid.failed:
         print(f"{len(grid.failed)} of {len(cells)} runs failed (rerun the command to retry "
               "them; finished runs are kept):", file=sys.stderr)
         for name, error in grid.failed.items():

@@ -31,10 +31,8 @@ import numpy as np
 
 import envs
 from agents import RunConfig, read_metrics
-from agents.checkpoint import load_json
 from experiments.cli import _positive_int
 from experiments.common import (
-    Grid,
     Variant,
     base_parser,
     command_line,
@@ -143,28 +141,9 @@ def exploration_table(grid: Dict[str, Dict[str, List[str]]]) -> List[str]:
     return lines
 
 
-def finished_grid(out: str, envs_: Sequence[str], variants: Sequence[str],
-                  seeds: Sequence[int], trials: Dict[str, int]) -> Grid:
-    """The grid's runs that finished ``trials[env]`` trials, without running anything; the
-    others are listed in ``failed`` as not run (yet)."""
-    grid = Grid()
-    for env in envs_:
-        for label in variants:
-            for seed in seeds:
-                run_dir = os.path.join(out, "runs", env, label, f"s{seed}")
-                state = os.path.join(run_dir, "state.json")
-                if os.path.exists(state) and load_json(state)["trials_done"] >= trials[env]:
-                    grid.setdefault(env, {}).setdefault(label, []).append(run_dir)
-                else:
-                    grid.failed[f"{env} {label} seed {seed}"] = "not run (--report-only)"
-    return grid
-
-
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = base_parser(__doc__.split("\n")[0], list(SPARSE_TASKS))
     parser.set_defaults(budget="preset", seeds=[0, 1, 2, 3, 4])
-    parser.add_argument("--report-only", action="store_true",
-                        help="tabulate the finished runs only; run nothing")
     parser.add_argument("--action-repeat", type=_positive_int, default=None,
                         help="env steps per action for every variant; default: the preset's")
     parser.add_argument("--particles", type=_positive_int, default=None,
@@ -173,12 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
     variants = with_overrides(select(VARIANTS, args.variants), args.action_repeat,
                               args.particles)
-    if args.report_only:
-        os.makedirs(args.out, exist_ok=True)
-        grid = finished_grid(args.out, args.envs, list(variants), args.seeds, trials)
-    else:
-        grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
-                        progress=not args.quiet, engine=engine_from_args(args))
+    grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
+                    progress=not args.quiet, engine=engine_from_args(args),
+                    report_only=args.report_only)
     text = summarize(args.out, "Exploration on sparse tasks (PE model, the presets' planner)",
                      command_line(), grid)
     text = "\n".join([text, *exploration_table(grid)])

@@ -41,7 +41,8 @@ def main(argv=None) -> str:
     args = base_parser(__doc__.split("\n")[0], ["pendulum", "cartpole_swingup"]).parse_args(argv)
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
     grid = run_grid(args.out, select(VARIANTS, args.variants), args.envs, args.seeds, trials,
-                    args.budget, progress=not args.quiet, engine=engine_from_args(args))
+                    args.budget, progress=not args.quiet, engine=engine_from_args(args),
+                    report_only=args.report_only)
     return summarize(
         args.out, "Dynamics models compared (PETS: CEM, ts_inf)", command_line(), grid,
         extra_columns={

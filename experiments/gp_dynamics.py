@@ -110,7 +110,7 @@ def main(argv=None) -> str:
     if args.small_planner:
         variants = {label: _then_small(v) for label, v in variants.items()}
     grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
-                    progress=not args.quiet)
+                    progress=not args.quiet, report_only=args.report_only)
     budgets = {"fast": fast, "tiny": tiny, "preset": lambda c: c}
     lines = ["# GP dynamics against the exact dynamics (same planner, same start state)", "",
              f"Command: `{command_line()}`", ""]

@@ -35,7 +35,8 @@ def main(argv=None) -> Tuple[str, Dict[str, bool]]:
     args = parser.parse_args(argv)
     trials = {env: args.trials or BARS[env][2] for env in args.envs}
     grid = run_grid(args.out, {"PETS": lambda c: c}, args.envs, args.seeds, trials,
-                    args.budget, progress=not args.quiet, engine=engine_from_args(args))
+                    args.budget, progress=not args.quiet, engine=engine_from_args(args),
+                    report_only=args.report_only)
     text = summarize(args.out, "Learning bar: PETS with default settings", command_line(), grid)
     passed: Dict[str, bool] = {}
     lines = ["", "## Bars", "", "| env | bar | first trial reaching it, per seed | passed |",
