@@ -355,7 +355,10 @@ def _collapsed_bound(theta: dict, x: jax.Array, y: jax.Array, kernel: str,
 @functools.partial(jax.jit, static_argnames=("kernel", "noise_floor", "steps", "learning_rate"))
 def _fit_collapsed_bound(theta: dict, x: jax.Array, y: jax.Array, kernel: str,
                          noise_floor: float, steps: int, learning_rate: float) -> dict:
-    optimizer = optax.adam(learning_rate)
+    # With a tiny noise on near-noise-free data, I + A A^T / noise is too ill-conditioned for
+    # a float32 Cholesky (a cartpole run's 6th retraining: NaN gradients, then NaN kernels);
+    # apply_if_finite skips such steps instead of applying them.
+    optimizer = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=steps + 1)
     grad = jax.grad(lambda t: -_collapsed_bound(t, x, y, kernel, noise_floor))
 
     def step(carry, _):
