@@ -132,6 +132,7 @@ def test_fused_kernel_names_its_kernel(kind):
             config.validate()
 
 
+@pytest.mark.heavy  # ~15 s on 2 cores
 def test_pets_agent_with_the_recurrent_model():
     config = tiny_config(agent="pets")
     config.model = ModelConfig(name="vlstm", hidden_sizes=(8,), lstm_size=4, sequence_length=4)

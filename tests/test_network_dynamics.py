@@ -182,6 +182,7 @@ def rank1_network(x):
     return bl.DenseRank1(6, 3, name="out")(h)
 
 
+@pytest.mark.heavy  # ~15 s on 2 cores
 def test_an_ensemble_in_layers_draws_members_and_keys():
     model = models.NetworkDynamics(rank1_network, obs_dim=3, act_dim=1, ensemble_size=3)
     params, history = fit(model)
