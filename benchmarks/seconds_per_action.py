@@ -11,15 +11,13 @@ the first action (the compile) is excluded and the next ``--actions`` are timed 
 CPU seconds over them, all threads, which other processes' load does not inflate as much).
 Prints a markdown table (median and min seconds per action, CPU seconds per action, the
 training seconds) and, last, one JSON object with the 1-minute load average before and after.
-``--set section.field=value`` overrides a config field (a Python literal), for every model.
+``--set section.field=value`` overrides a config field (JSON or a bare string), for every model.
 Run it on an otherwise idle machine: other processes' load goes straight into the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import os
 import platform
@@ -34,51 +32,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
 from agents.episode import env_seed  # noqa: E402
 from agents.factory import build_agent  # noqa: E402
-from experiments.presets import preset_config  # noqa: E402
-from mbrl_bayes.data import ReplayBuffer  # noqa: E402
-
-
-def apply_overrides(config, overrides: list):
-    """``config`` with ``section.field=value`` overrides (``value`` a Python literal, or a bare
-    string), e.g. ``planner.num_particles=10``, ``model.name=gp``, ``trials=3``."""
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *path, field = name.split(".")
-        parts = [config]
-        for part in path:
-            parts.append(getattr(parts[-1], part))
-        if not hasattr(parts[-1], field):
-            raise ValueError(f"--set {item!r}: no field {name!r} in the run config.")
-        new = dataclasses.replace(parts[-1], **{field: value})
-        for parent, part in zip(reversed(parts[:-1]), reversed(path)):
-            new = dataclasses.replace(parent, **{part: new})
-        config = new
-    return config
+from benchmarks.common import preset_with, random_buffer  # noqa: E402
 
 
 def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
                        seed: int = 0) -> dict:
     """Trains ``model`` on the preset's seed data and times ``actions`` actions after the first."""
-    config = apply_overrides(preset_config(env_name), [f"model.name={model}", *overrides])
-    spec = envs.task(config.env, action_repeat=config.action_repeat)
+    config = preset_with(env_name, [f"model.name={model}", *overrides])
     env = envs.make(config.env, action_repeat=config.action_repeat)
     agent = build_agent(config)
-    buffer = ReplayBuffer(config.seed_steps, spec.obs_dim, spec.act_dim)
-    rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=env_seed(seed, 0, 0))
-    while len(buffer) < config.seed_steps:
-        act = rng.uniform(spec.action_low, spec.action_high).astype(np.float32)
-        next_obs, reward, terminated, truncated, _ = env.step(act)
-        buffer.add(obs, act, next_obs, reward, terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            obs, _ = env.reset(seed=env_seed(seed, 0, len(buffer)))
+    buffer = random_buffer(config, config.seed_steps, seed)
     key = jax.random.PRNGKey(seed)
     train = agent.update(buffer, key)
     agent.begin_episode(key)

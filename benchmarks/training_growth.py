@@ -22,37 +22,13 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import envs  # noqa: E402
-from agents.episode import env_seed  # noqa: E402
 from agents.factory import build_agent  # noqa: E402
-from benchmarks.seconds_per_action import apply_overrides  # noqa: E402
-from experiments.presets import preset_config  # noqa: E402
+from benchmarks.common import preset_with, random_buffer  # noqa: E402
 from mbrl_bayes.data import ReplayBuffer  # noqa: E402
-
-
-def random_transitions(env_name: str, n: int, seed: int = 0) -> dict:
-    """``n`` transitions of uniformly random actions in ``env_name``: numpy arrays [n, ...]."""
-    spec = envs.task(env_name)
-    env = envs.make(env_name)
-    rng = np.random.default_rng(seed)
-    rows = {f: [] for f in ("obs", "act", "next_obs", "reward", "terminated", "truncated")}
-    episode = 0
-    obs, _ = env.reset(seed=env_seed(seed, 0, episode))
-    while len(rows["obs"]) < n:
-        act = rng.uniform(spec.action_low, spec.action_high).astype(np.float32)
-        next_obs, reward, terminated, truncated, _ = env.step(act)
-        for f, v in zip(rows, (obs, act, next_obs, reward, terminated, truncated)):
-            rows[f].append(v)
-        obs = next_obs
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=env_seed(seed, 0, episode))
-    env.close()
-    return {f: np.asarray(v) for f, v in rows.items()}
 
 
 def _buffer(data: dict, n: int) -> ReplayBuffer:
@@ -70,8 +46,11 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
     if any(n < 100 for n in args.sizes) or args.sizes != sorted(args.sizes):
         raise SystemExit("--sizes must be increasing, each at least 100.")
-    config = apply_overrides(preset_config(args.env), args.overrides)
-    data = random_transitions(config.env, args.sizes[-1])
+    try:
+        config = preset_with(args.env, args.overrides)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    data = random_buffer(config, args.sizes[-1]).as_dict()
     load_before = os.getloadavg()[0]
     scratch, warm = build_agent(config), build_agent(config)
     key = jax.random.PRNGKey(0)

@@ -88,7 +88,9 @@ def with_params(base: RunConfig, params: Dict[str, Any]) -> RunConfig:
     return config.validate()
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A field value given as text: JSON (``3``, ``0.1``, ``[200, 200]``, ``true``) or, if
+    that fails, the text itself (``cem``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -99,7 +101,7 @@ def _values(text: str) -> List[Any]:
     try:
         values = json.loads(f"[{text}]")
     except json.JSONDecodeError:
-        values = [_value(v.strip()) for v in text.split(",")]
+        values = [parse_value(v.strip()) for v in text.split(",")]
     if not values:
         raise ValueError("give at least one value")
     return values
