@@ -76,10 +76,10 @@ def _cem_planner(horizon: int) -> PlannerConfig:
 def _icem_planner(horizon: int) -> PlannerConfig:
     """iCEM (Pinneri et al. 2020: colored noise, a population shrinking by 1.25 per
     iteration, 30% of the elites kept and shifted into the next action's plan) at 200 x 3,
-    10 particles (2 per elite member, each keeping its member: ``ts_inf``): ~1/8 of the CEM
-    planner's CPU seconds per action on HalfCheetah, 0.27 s (``seconds_per_action.py``, see
-    NOTES_FOR_LEAD.md), so ~0.15-0.2 s per action on an idle 2-core machine. Returns at equal
-    data against the CEM planner: not measured yet."""
+    10 particles (2 per elite member, each keeping its member: ``ts_inf``): 0.121 s per
+    HalfCheetah action on an idle 2-core machine against the CEM planner's 1.091 s
+    (``benchmarks/seconds_per_action.py``, README "MuJoCo"). Returns at equal data against the
+    CEM planner: not measured yet."""
     return PlannerConfig(optimizer="icem", horizon=horizon, population=200, elites=20,
                          iterations=3, num_particles=10)
 
@@ -118,8 +118,8 @@ PRESETS: Dict[str, Callable[[], RunConfig]] = {
 }
 
 # Other configurations of a task, by name (``preset_config(name)``; ``mbrl-bayes config --env
-# NAME`` prints one as a ``--config`` file): the CEM planner the MuJoCo presets had before
-# iCEM, kept for comparison.
+# NAME`` prints one as a ``--config`` file): the MuJoCo tasks with PETS's CEM planner, for
+# comparison with the iCEM presets.
 NAMED_PRESETS: Dict[str, Callable[[], RunConfig]] = {
     "halfcheetah_cem": _mujoco("halfcheetah", 50, 30),
     "reacher_cem": _mujoco("reacher", 30, 15),
