@@ -41,7 +41,7 @@ class ModelConfig:
     num_elites: Optional[int] = None
     learn_reward: bool = False
     activation: str = "silu"
-    dropout_rate: float = 0.01
+    dropout_rate: float = 0.003
     estimator: str = "flipout"
     prior_stddev: float = 1.0
     lstm_size: int = 64

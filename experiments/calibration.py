@@ -116,7 +116,7 @@ def evaluate_cell(env_name: str, label: str, seed: int, args: argparse.Namespace
     start = time.perf_counter()
     params, history = train(model, params, data, jax.random.fold_in(key, 1),
                             batch_size=args.batch_size, max_epochs=args.max_epochs,
-                            patience=args.patience)
+                            patience=args.patience, early_stopping=args.early_stopping)
     seconds = time.perf_counter() - start
     t = test.as_dict()
     n_ep = args.test_episodes
@@ -195,6 +195,8 @@ def main(argv=None) -> str:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--early-stopping", choices=["mse", "nll"], default="mse",
+                        help="holdout score that stops training (models.train)")
     parser.add_argument("--horizon", type=int, default=15, help="k-step error for k=1..horizon")
     parser.add_argument("--out", required=True)
     parser.add_argument("--quiet", action="store_true", help="no progress bar (--engine ray)")

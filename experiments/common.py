@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -244,7 +245,8 @@ def _per_trial_table(variants: Dict[str, List[str]]) -> List[str]:
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command that is running, quoted to be pasted back into a shell."""
+    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def select(variants: Dict[str, Variant], names: Optional[Sequence[str]]) -> Dict[str, Variant]:

@@ -7,8 +7,9 @@
 Every model-based variant plans with the probabilistic ensemble (PE) and CEM of the task's preset
 (``--budget preset``, the default here: the presets set the horizon and action repeat these tasks
 need); only the propagation / bonus differs. ``--action-repeat`` and ``--particles`` change the
-preset for every variant alike, e.g. ``--action-repeat 1`` makes ``mountaincar`` the classic task
-in which a 30-step horizon cannot see the flag from the valley (give it its own ``--out``).
+preset for every variant alike, and ``--beta`` the optimism weight of ``optimistic`` and
+``hucrl`` (default 1), e.g. ``--action-repeat 1`` makes ``mountaincar`` the classic task in
+which a 30-step horizon cannot see the flag from the valley (give each its own ``--out``).
 Resumable: rerun the same command to continue (finished runs are skipped); ``--engine ray`` runs
 the grid on Ray.
 
@@ -31,7 +32,7 @@ import numpy as np
 
 import envs
 from agents import RunConfig, read_metrics
-from experiments.cli import _positive_int
+from experiments.cli import _positive_float, _positive_int
 from experiments.common import (
     Variant,
     base_parser,
@@ -81,16 +82,21 @@ VARIANTS: Dict[str, Variant] = {
 
 
 def with_overrides(variants: Dict[str, Variant], action_repeat: Optional[int] = None,
-                   particles: Optional[int] = None) -> Dict[str, Variant]:
+                   particles: Optional[int] = None,
+                   beta: Optional[float] = None) -> Dict[str, Variant]:
     """``variants``, each first setting the preset's action repeat and planner particles to the
-    given values (``None``: the preset's)."""
+    given values, and then the optimism weight ``beta`` of ``optimistic`` and ``hucrl`` (which
+    the other variants do not read; ``None``: the preset's, and 1 for those two)."""
     def override(variant: Variant) -> Variant:
         def changed(config: RunConfig) -> RunConfig:
             if action_repeat is not None:
                 config.action_repeat = action_repeat
             if particles is not None:
                 config.planner = dataclasses.replace(config.planner, num_particles=particles)
-            return variant(config)
+            config = variant(config)
+            if beta is not None:
+                config.planner = dataclasses.replace(config.planner, beta=beta)
+            return config
         return changed
     return {label: override(variant) for label, variant in variants.items()}
 
@@ -148,10 +154,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                         help="env steps per action for every variant; default: the preset's")
     parser.add_argument("--particles", type=_positive_int, default=None,
                         help="planner particles for every variant; default: the preset's")
+    parser.add_argument("--beta", type=_positive_float, default=None,
+                        help="optimism weight of optimistic and hucrl (default 1)")
     args = parser.parse_args(argv)
     trials = {env: args.trials or TRIALS.get(env, 10) for env in args.envs}
     variants = with_overrides(select(VARIANTS, args.variants), args.action_repeat,
-                              args.particles)
+                              args.particles, args.beta)
     grid = run_grid(args.out, variants, args.envs, args.seeds, trials, args.budget,
                     progress=not args.quiet, engine=engine_from_args(args),
                     report_only=args.report_only)

@@ -65,7 +65,7 @@ def test_the_builtin_mlps_are_network_dynamics_with_only_a_constructor(model):
 def test_variational_mlp_loss_is_mean_nll_plus_weighted_kl_over_n():
     network = variational_mlp_network(6, (8,), prior_stddev=0.5, posterior_stddev_init=0.05)
     model = models.VariationalMLP(obs_dim=3, act_dim=1, hidden_sizes=(8,), prior_stddev=0.5,
-                                  posterior_stddev_init=0.05, kl_weight=0.3)
+                                  posterior_stddev_init=0.05, kl_weight=0.3, training_draws=1)
     params = _params(model)
     key = jax.random.PRNGKey(3)
     loss, aux = model.loss(params, key, DATA)
@@ -87,10 +87,20 @@ def test_variational_mlp_loss_is_mean_nll_plus_weighted_kl_over_n():
     np.testing.assert_allclose(
         loss, nll + 0.3 * kl / len(DATA["obs"]) + bound_penalty, rtol=1e-5)
     assert kl / len(DATA["obs"]) > 0.05 * abs(nll)  # the KL term is not negligible here
+    # By default the data term is the mixture NLL of 5 draws (NetworkDynamics's PAC^m loss).
+    default = models.VariationalMLP(obs_dim=3, act_dim=1, hidden_sizes=(8,), prior_stddev=0.5,
+                                    posterior_stddev_init=0.05, kl_weight=0.3)
+    mixture = models.NetworkDynamics(network, obs_dim=3, act_dim=1, kl_weight=0.3,
+                                     training_draws=5)
+    assert default.training_draws == 5
+    np.testing.assert_array_equal(default.loss(params, key, DATA)[0],
+                                  mixture.loss(params, key, DATA)[0])
 
 
 def test_mc_dropout_trains_on_row_masks_and_draws_one_mask_per_function():
-    model = models.MCDropoutMLP(obs_dim=3, act_dim=1, hidden_sizes=(16,), dropout_rate=0.3)
+    model = models.MCDropoutMLP(obs_dim=3, act_dim=1, hidden_sizes=(16,), dropout_rate=0.3,
+                                training_draws=1)
+    assert models.MCDropoutMLP(obs_dim=3, act_dim=1).training_draws == 5  # the default
     params = _params(model)
     key = jax.random.PRNGKey(4)
     loss, aux = model.loss(params, key, DATA)

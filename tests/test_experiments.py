@@ -1,11 +1,19 @@
 """The comparison scripts run end to end in a tiny configuration and write tables and plots."""
 
+import json
 import os
 import sys
 
 import pytest
 
-from experiments import calibration, common, compare_models, compare_propagation, tune
+from experiments import (
+    calibration,
+    common,
+    compare_models,
+    compare_planners,
+    compare_propagation,
+    tune,
+)
 
 
 @pytest.mark.e2e
@@ -33,6 +41,28 @@ def test_compare_propagation_tiny(tmp_path):
                                      "--out", out, "--quiet"])
     assert "| thompson | 1 |" in text and "| optimistic | 1 |" in text
     assert os.path.exists(os.path.join(out, "results.md"))
+
+
+@pytest.mark.e2e
+def test_compare_planners_tiny_on_reacher(tmp_path):
+    out = str(tmp_path / "planners")
+    text = compare_planners.main(["--envs", "reacher", "--seeds", "0", "--trials", "1",
+                                  "--budget", "tiny", "--variants", "iCEM 200x3, 10 particles",
+                                  "CEM 500x5, 20 particles", "--out", out, "--quiet"])
+    rows = {}  # the summary table's row of each variant (the first row with its label)
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0], line)
+    for label in ("iCEM 200x3, 10 particles", "CEM 500x5, 20 particles"):
+        row = rows["| " + label]
+        assert row.startswith(f"| {label} | 1 |")
+        seconds = float(row.split(" | ")[-2])  # the median seconds per action
+        assert 0 < seconds < 60
+    with open(os.path.join(out, "runs", "reacher", "CEM 500x5, 20 particles", "s0",
+                           "config.json")) as f:
+        planner = json.load(f)["planner"]
+    assert (planner["optimizer"], planner["population"], planner["iterations"],
+            planner["num_particles"]) == ("cem", 500, 5, 20)
 
 
 @pytest.mark.e2e

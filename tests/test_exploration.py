@@ -285,12 +285,17 @@ def test_compare_exploration_overrides_apply_to_every_variant(capsys):
         assert (config.action_repeat, config.planner.num_particles) == (1, 5)
         assert config.agent == VARIANTS[label](preset_config("mountaincar")).agent
     same = with_overrides(VARIANTS)["hucrl"](preset_config("mountaincar"))
-    assert (same.action_repeat, same.planner.num_particles, same.planner.propagation) == (
-        5, 20, "hucrl")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--envs", "mountaincar", "--action-repeat", "0", "--out", "unused"])
-    assert exit_info.value.code == 2
-    assert "--action-repeat: must be positive, got 0" in capsys.readouterr().err
+    assert (same.action_repeat, same.planner.num_particles, same.planner.propagation,
+            same.planner.beta) == (5, 20, "hucrl", 1.0)
+    optimism = with_overrides(VARIANTS, beta=2.5)
+    for label in ("hucrl", "optimistic"):
+        assert optimism[label](preset_config("mountaincar")).planner.beta == 2.5
+    for argv, message in ((["--action-repeat", "0"], "--action-repeat: must be positive, got 0"),
+                          (["--beta", "-1"], "--beta: must be positive, got -1.0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--envs", "mountaincar", *argv, "--out", "unused"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.e2e

@@ -332,3 +332,41 @@ def test_a_flipout_network_plans_with_one_function_per_key():
                            sample_noise=False).next_obs
     np.testing.assert_allclose(out, np.broadcast_to(out[:, :1], out.shape), rtol=1e-6)
     assert np.abs(out[0, 0] - out[1, 0]).max() > 1e-5  # two keys, two functions
+
+
+def noise_init(key, x):
+    del key, x
+    return {"b": jnp.array([0.1, -0.2, 0.3])}
+
+
+def noise_apply(params, key, x):
+    """A deterministic head whose draws differ only by key: mean = b + 0.3 * N(0, I)."""
+    return params["b"] + 0.3 * jax.random.normal(key, (x.shape[0], 3))
+
+
+@pytest.mark.parametrize("objective", ["elbo", "pets"])
+def test_training_draws_score_each_row_by_the_mixture_of_its_draws(objective):
+    model = models.NetworkDynamics((noise_init, noise_apply), obs_dim=3, act_dim=1,
+                                   training_draws=4, objective=objective)
+    params = model.init(jax.random.PRNGKey(0), DATA["obs"][:2], DATA["act"][:2])
+    params = model.fit_stats(params, DATA)
+    batch = {k: v[:8] for k, v in DATA.items()}
+    key = jax.random.PRNGKey(5)
+    loss, _ = model.loss(params, key, batch)
+    _, _, target = model.standardized_targets(params, batch)
+    target = np.asarray(target, np.float64)  # [8, 3]
+    means = np.stack([np.asarray(noise_apply(params["net"], k, target), np.float64)
+                      for k in jax.random.split(key, 4)])  # [4, 8, 3]
+    nll = 0.5 * ((target - means) ** 2).sum(-1) + 1.5 * LOG_2PI  # [4, 8], unit variance
+    mixture = -np.log(np.exp(-nll).mean(0))  # each row under the equal mixture of 4 draws
+    scale = 2.0 / 3 if objective == "pets" else 1.0  # PETS's 2 / t
+    np.testing.assert_allclose(float(loss), scale * mixture.mean(), rtol=1e-5)
+    assert mixture.mean() < nll.mean()  # Jensen: the mixture scores better than a draw's mean
+
+
+def test_training_draws_are_checked():
+    with pytest.raises(ValueError, match="training_draws must be a positive integer"):
+        models.NetworkDynamics(bl_network, obs_dim=3, act_dim=1, training_draws=0)
+    with pytest.raises(ValueError, match="ensemble"):
+        models.NetworkDynamics(rank1_network, obs_dim=3, act_dim=1, ensemble_size=2,
+                               training_draws=2)

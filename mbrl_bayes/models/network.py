@@ -87,6 +87,7 @@ class NetworkDynamics(GaussianDynamics):
         num_eval_draws: int = 8,
         ensemble_size: Optional[int] = None,
         objective: str = "elbo",
+        training_draws: int = 1,
         **kwargs,
     ):
         """Args:
@@ -103,6 +104,14 @@ class NetworkDynamics(GaussianDynamics):
             ``MCDropoutMLP``, at which the log-variance bound penalty and ``train``'s gradient
             clipping were tuned. Same minimizer, up to the weight of the bound penalty (added
             unscaled to both).
+          training_draws: ``m``, the noise draws (keys) per minibatch in the loss. With ``m =
+            1`` the data term is the NLL of one draw (the ELBO's). With ``m > 1`` it is each
+            row's NLL under the mixture of its ``m`` draws, ``-log mean_j p(y | w_j)``: the
+            PAC^m bound (Morningstar et al. 2022; Li & Gal 2017's alpha-divergence dropout
+            with alpha = 1), whose variance head need not absorb the spread of the draws
+            (under the ELBO it learns noise + that spread, which prediction then adds again:
+            over-wide intervals on small data). ``m`` times the training cost; not with
+            ``ensemble_size``.
           **kwargs: ``GaussianDynamics``'s ``max_logvar_init``, ``min_logvar_init``,
             ``logvar_bound_penalty``, ``ignored_obs_dims``.
 
@@ -120,11 +129,17 @@ class NetworkDynamics(GaussianDynamics):
             raise ValueError(f"ensemble_size must be positive, got {ensemble_size}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+        if int(training_draws) != training_draws or training_draws < 1:
+            raise ValueError(f"training_draws must be a positive integer, got {training_draws}.")
+        if training_draws > 1 and ensemble_size is not None:
+            raise ValueError("training_draws > 1 is for one network's noise draws; an ensemble "
+                             "in layers trains every member instead (ensemble_size).")
         self.network = network
         self.kl_weight = float(kl_weight)
         self.num_eval_draws = int(num_eval_draws)
         self.ensemble_size = None if ensemble_size is None else int(ensemble_size)
         self.objective = objective
+        self.training_draws = int(training_draws)
         if _is_pair(network):
             init, apply = network
             self._init, self._apply = init, apply
@@ -252,6 +267,8 @@ class NetworkDynamics(GaussianDynamics):
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(self.model_inputs(obs, act))
+        if self.training_draws > 1:
+            return self._mixture_loss(params, key, x, target)
         if self.ensemble_size is None:
             out, penalty = self._apply_with_penalty(params["net"], key, x)
         else:  # every member on the minibatch; the penalty does not depend on the member
@@ -270,6 +287,10 @@ class NetworkDynamics(GaussianDynamics):
         """``loss`` with ``objective="pets"``: every member on the minibatch as a function draw
         [k, B, ...], as ``ProbabilisticEnsemble`` trains its members."""
         obs, act, target = self.standardized_targets(params, batch)
+        if self.training_draws > 1:
+            stats = jax.lax.stop_gradient(params["stats"])
+            x = stats["input"].normalize(self.model_inputs(obs, act))
+            return self._mixture_loss(params, key, x, target)
         if self.ensemble_size is None:
             fns = {"key": key[None]}
         else:
@@ -294,6 +315,31 @@ class NetworkDynamics(GaussianDynamics):
         loss = self._pets_objective(params, nll) + (2.0 / self.target_dim) * self._kl_per_point(
             params, penalty, self.kl_weight)
         return loss, self._metrics(mean, logvar, target, penalty)
+
+    def _mixture_loss(self, params: Params, key: jax.Array, x: jax.Array,
+                      target: jax.Array) -> Tuple[jax.Array, dict]:
+        """``loss`` with ``training_draws = m > 1``: the network run ``m`` times on the
+        minibatch with its layers' own estimators (keys ``split(key, m)``), each row scored by
+        the NLL of the equal mixture of its ``m`` predictive Gaussians, then the objective's
+        scale and penalty as with one draw. Metric ``nll``: the mixture's."""
+        m = self.training_draws
+        out, penalty = self._per_draw(self._apply_with_penalty, params["net"],
+                                      {"key": jax.random.split(key, m)}, x, x_axis=None)
+        mean, raw_logvar = self._outputs(out)
+        logvar = None if raw_logvar is None else self._bounded_logvar(params, raw_logvar)
+        per_draw = self._training_nll(mean, logvar, target)  # [m, B]
+        nll = -(jax.nn.logsumexp(-per_draw, axis=0) - jnp.log(m))  # [B]
+        penalty = penalty.mean()
+        if self.objective == "pets":
+            loss = self._pets_objective(params, nll.mean()[None]) + (
+                2.0 / self.target_dim) * self._kl_per_point(params, penalty, self.kl_weight)
+        else:
+            loss = self._elbo_objective(params, nll.mean(), penalty, self.kl_weight)
+        metrics = self._metrics(mean[0], None if logvar is None else logvar[0], target, penalty)
+        # ``nll``: that of the predictive mixture the loss scores (``mse``: the first draw's).
+        predictive = self._predictive_nll(mean, logvar, target)  # [m, B]
+        metrics["nll"] = -(jax.nn.logsumexp(-predictive, axis=0) - jnp.log(m)).mean()
+        return loss, metrics
 
     def _metrics(self, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array,
                  penalty: jax.Array) -> dict:

@@ -52,8 +52,14 @@ class VariationalLSTM(GaussianDynamics):
         estimator: ``'reparameterization'`` or ``'flipout'`` for training (function draws always
             use reparameterization: one weight sample per draw).
         prior_stddev, kl_weight: the N(0, prior_stddev^2) prior and the KL weight of the ELBO.
-        posterior_stddev_init: every weight's posterior stddev at initialisation (see
-            ``VariationalMLP``).
+        posterior_stddev_init: every weight's posterior stddev at initialisation (default
+            ``DEFAULT_POSTERIOR_STDDEV_INIT``, as ``VariationalMLP``'s).
+        training_draws: ``m`` weight draws per minibatch in the loss; with ``m > 1`` each step
+            is scored by the NLL of the mixture of its ``m`` draws (the PAC^m bound, see
+            ``NetworkDynamics``), at ``m`` times the cost. Default 1 (the ELBO): on
+            ``cartpole_swingup_noisy`` the LSTM's 90% intervals covered 0.94 with one draw and
+            0.92 with 5, at twice the training time (seed 0; 0.97 at the former posterior init
+            0.01).
     """
 
     num_functions = None
@@ -74,6 +80,7 @@ class VariationalLSTM(GaussianDynamics):
         kl_weight: float = 1.0,
         posterior_stddev_init: float = DEFAULT_POSTERIOR_STDDEV_INIT,
         num_eval_draws: int = 4,
+        training_draws: int = 1,
         **kwargs,
     ):
         super().__init__(
@@ -85,6 +92,9 @@ class VariationalLSTM(GaussianDynamics):
             raise ValueError(f"Unknown estimator {estimator!r}; expected one of {list(CELLS)}.")
         if int(lstm_size) <= 0 or int(sequence_length) <= 0:
             raise ValueError("lstm_size and sequence_length must be positive.")
+        if int(training_draws) != training_draws or training_draws < 1:
+            raise ValueError(f"training_draws must be a positive integer, got {training_draws}.")
+        self.training_draws = int(training_draws)
         self.lstm_size = int(lstm_size)
         self.sequence_length = int(sequence_length)
         self.estimator = estimator
@@ -187,12 +197,28 @@ class VariationalLSTM(GaussianDynamics):
         if batch["obs"].ndim != 3:
             raise ValueError(f"VariationalLSTM.loss expects [B, L, d] windows, got "
                              f"{batch['obs'].shape}.")
-        mean, logvar, target, kl = self._sequence_prediction(
-            self._train_net.apply, params, key, batch)
+        m = self.training_draws
+        if m == 1:
+            mean, logvar, target, kl = self._sequence_prediction(
+                self._train_net.apply, params, key, batch)
+            loss = self._elbo_objective(
+                params, self._training_nll(mean, logvar, target).mean(), kl, self.kl_weight)
+            nll = self._predictive_nll(mean, logvar, target).mean()
+            return loss, {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": kl}
+        # The PAC^m loss (NetworkDynamics's training_draws): each step scored by the mixture
+        # of its m draws' predictive Gaussians [m, B, L] (each draw on its own history).
+        mean, logvar, target, kl = jax.vmap(
+            lambda k: self._sequence_prediction(self._train_net.apply, params, k, batch)
+        )(jax.random.split(key, m))
+        target, kl = target[0], kl.mean()
+
+        def mixture(per_draw):
+            return -(jax.nn.logsumexp(-per_draw, axis=0) - jnp.log(m)).mean()
+
         loss = self._elbo_objective(
-            params, self._training_nll(mean, logvar, target).mean(), kl, self.kl_weight)
-        nll = self._predictive_nll(mean, logvar, target).mean()
-        return loss, {"nll": nll, "mse": jnp.square(mean - target).mean(), "kl": kl}
+            params, mixture(self._training_nll(mean, logvar, target)), kl, self.kl_weight)
+        nll = mixture(self._predictive_nll(mean, logvar, target))
+        return loss, {"nll": nll, "mse": jnp.square(mean[0] - target).mean(), "kl": kl}
 
     def _holdout_prediction(
         self, params: Params, key: jax.Array, batch: Batch
