@@ -62,6 +62,7 @@ def test_the_builtin_mlps_are_network_dynamics_with_only_a_constructor(model):
     assert own == ["__init__"]
 
 
+@pytest.mark.heavy  # 10-20 s: run by .ci/run's second pytest
 def test_variational_mlp_loss_is_mean_nll_plus_weighted_kl_over_n():
     network = variational_mlp_network(6, (8,), prior_stddev=0.5, posterior_stddev_init=0.05)
     model = models.VariationalMLP(obs_dim=3, act_dim=1, hidden_sizes=(8,), prior_stddev=0.5,

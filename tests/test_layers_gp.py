@@ -72,6 +72,7 @@ def layer_net():
     return net, params
 
 
+@pytest.mark.heavy  # 10-20 s: run by .ci/run's second pytest
 @pytest.mark.parametrize("kernel", ["squared_exponential", "matern52"])
 def test_function_draws_match_the_analytic_predictive_near_and_far(kernel):
     """Mean and variance over 4000 draws (256 random features each, redrawn per draw) agree with
@@ -96,6 +97,7 @@ def test_function_draws_match_the_analytic_predictive_near_and_far(kernel):
     np.testing.assert_allclose(var[-1], 1.5, rtol=1e-3)
 
 
+@pytest.mark.heavy  # 10-20 s: run by .ci/run's second pytest
 def test_same_key_is_one_function_whatever_the_batch():
     def f(x):
         model = hk.Sequential([bl.SparseGaussianProcess(3, 8, mean_function="identity"),

@@ -360,6 +360,7 @@ def test_the_pets_objective_is_mbrl_libs_loss(pendulum_data):
         np.testing.assert_allclose(aux["mse"], sq.mean(), rtol=1e-5)
 
 
+@pytest.mark.heavy  # 10-20 s: run by .ci/run's second pytest
 def test_every_family_reports_one_nll(pendulum_data):
     """``aux['nll']`` and ``evaluate``'s ``nll`` are the mean per-point NLL of the predictive
     Gaussian (a deterministic head's: variance DETERMINISTIC_STD**2), for every family; each
