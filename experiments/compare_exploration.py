@@ -32,7 +32,7 @@ import numpy as np
 
 import envs
 from agents import RunConfig, read_metrics
-from experiments.cli import _positive_float, _positive_int
+from experiments.cli import _positive_int
 from experiments.common import (
     Variant,
     base_parser,
@@ -41,7 +41,7 @@ from experiments.common import (
     select,
     summarize,
 )
-from experiments.engine import engine_from_args
+from experiments.engine import _positive_float, engine_from_args
 
 SPARSE_TASKS = ("mountaincar", "cartpole_swingup_sparse", "pendulum_sparse")
 TRIALS = {"mountaincar": 5, "cartpole_swingup_sparse": 10, "pendulum_sparse": 10}

@@ -291,7 +291,7 @@ def test_compare_exploration_overrides_apply_to_every_variant(capsys):
     for label in ("hucrl", "optimistic"):
         assert optimism[label](preset_config("mountaincar")).planner.beta == 2.5
     for argv, message in ((["--action-repeat", "0"], "--action-repeat: must be positive, got 0"),
-                          (["--beta", "-1"], "--beta: must be positive, got -1.0")):
+                          (["--beta", "-1"], "--beta: must be positive, got -1")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--envs", "mountaincar", *argv, "--out", "unused"])
         assert exit_info.value.code == 2

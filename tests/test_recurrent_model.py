@@ -139,3 +139,33 @@ def test_mpc_plans_from_the_episode_history(fitted):
         MPC(ProbabilisticEnsemble(obs_dim=1, act_dim=1, ensemble_size=1), CEM(),
             lambda s, a, s2: s2[..., 0], None, horizon=2, action_low=-1, action_high=1,
             history_length=3)
+
+
+def test_training_draws_score_each_step_by_the_mixture_of_the_draws():
+    """With training_draws=m the data term is each step's NLL under the equal mixture of the m
+    weight draws' predictive Gaussians (keys split(key, m)); m must be a positive integer."""
+    from mbrl_bayes.models import gaussian_nll
+
+    model = VariationalLSTM(obs_dim=1, act_dim=1, hidden_sizes=(8,), lstm_size=4,
+                            sequence_length=3, training_draws=3)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(4, 3, 1)).astype(np.float32),
+             "act": rng.normal(size=(4, 3, 1)).astype(np.float32)}
+    batch["next_obs"] = batch["obs"] + 0.1 * batch["act"]
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+    params = model.fit_stats(params, {k: v.reshape(-1, 1) for k, v in batch.items()})
+    key = jax.random.PRNGKey(1)
+    loss, aux = model.loss(params, key, batch)
+    per_draw = []
+    for k in jax.random.split(key, 3):
+        mean, logvar, target, kl = model._sequence_prediction(model._train_net.apply, params, k,
+                                                              batch)
+        per_draw.append(np.asarray(gaussian_nll(mean, logvar, target), np.float64))  # [4, 3]
+    mixture = -np.log(np.exp(-np.stack(per_draw)).mean(0)).mean()
+    expected = mixture + float(kl) / float(params["stats"]["num_data"]) + float(
+        model.logvar_penalty(params))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["nll"]), mixture, rtol=1e-5)
+    assert mixture < np.mean(per_draw)  # Jensen
+    with pytest.raises(ValueError, match="training_draws must be a positive integer"):
+        VariationalLSTM(obs_dim=1, act_dim=1, training_draws=1.5)

@@ -6,7 +6,7 @@ from mbrl_bayes.models.dropout import MCDropoutMLP
 from mbrl_bayes.models.ensemble import ProbabilisticEnsemble
 from mbrl_bayes.models.gaussian import GaussianDynamics
 from mbrl_bayes.models.gp import GaussianProcessDynamics
-from mbrl_bayes.models.likelihood import gaussian_nll
+from mbrl_bayes.models.likelihood import gaussian_nll, mixture_nll
 from mbrl_bayes.models.network import NetworkDynamics
 from mbrl_bayes.models.normalization import Normalizer
 from mbrl_bayes.models.recurrent import VariationalLSTM
@@ -26,5 +26,6 @@ __all__ = [
     "VariationalMLP",
     "check_model",
     "gaussian_nll",
+    "mixture_nll",
     "train",
 ]

@@ -43,6 +43,14 @@ def check_finite(name: str, x: Any) -> None:
         raise ValueError(f"{name} contains NaN or inf values.")
 
 
+def check_training_draws(training_draws: Any) -> int:
+    """``training_draws`` (the noise draws per minibatch in a loss) as an int; ValueError
+    unless it is a positive whole number."""
+    if int(training_draws) != training_draws or training_draws < 1:
+        raise ValueError(f"training_draws must be a positive integer, got {training_draws}.")
+    return int(training_draws)
+
+
 def num_draws(fns: Any, where: str) -> int:
     """The number ``k`` of function draws in ``fns``: the leading axis shared by its array
     leaves (one-line ValueError if there is none, or they disagree)."""

@@ -37,3 +37,19 @@ def gaussian_nll(mean: jax.Array, logvar: jax.Array, target: jax.Array) -> jax.A
     """
     sq_err = jnp.square(target - mean)
     return 0.5 * jnp.sum(sq_err * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
+
+
+def mixture_nll(per_draw_nll: jax.Array) -> jax.Array:
+    """Per-point NLL under the equal mixture of ``m`` predictive distributions, from each
+    one's per-point NLL.
+
+    Args:
+        per_draw_nll: ``[m, ...]``, the NLL of every point under each of the ``m`` draws
+            (e.g. :func:`gaussian_nll` of each function draw).
+
+    Returns:
+        ``-log((1 / m) * sum_i exp(-per_draw_nll[i]))``, shape ``[...]`` (nats; never more than
+        the mean over draws, by Jensen's inequality), computed stably with ``logsumexp``.
+    """
+    m = per_draw_nll.shape[0]
+    return -(jax.nn.logsumexp(-per_draw_nll, axis=0) - math.log(m))

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params
-from mbrl_bayes.models.checks import checks_num_draws
+from mbrl_bayes.models.checks import check_training_draws, checks_num_draws
 from mbrl_bayes.models.gaussian import GaussianDynamics
+from mbrl_bayes.models.likelihood import mixture_nll
 
 PureNetwork = Tuple[Callable[..., Any], Callable[..., Any]]  # (init, apply)
 OBJECTIVES = ("elbo", "pets")
@@ -129,8 +130,7 @@ class NetworkDynamics(GaussianDynamics):
             raise ValueError(f"ensemble_size must be positive, got {ensemble_size}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
-        if int(training_draws) != training_draws or training_draws < 1:
-            raise ValueError(f"training_draws must be a positive integer, got {training_draws}.")
+        training_draws = check_training_draws(training_draws)
         if training_draws > 1 and ensemble_size is not None:
             raise ValueError("training_draws > 1 is for one network's noise draws; an ensemble "
                              "in layers trains every member instead (ensemble_size).")
@@ -139,7 +139,7 @@ class NetworkDynamics(GaussianDynamics):
         self.num_eval_draws = int(num_eval_draws)
         self.ensemble_size = None if ensemble_size is None else int(ensemble_size)
         self.objective = objective
-        self.training_draws = int(training_draws)
+        self.training_draws = training_draws
         if _is_pair(network):
             init, apply = network
             self._init, self._apply = init, apply
@@ -262,13 +262,13 @@ class NetworkDynamics(GaussianDynamics):
 
         each plus the log-variance bound penalty. Metrics ``nll`` (nats per transition, of the
         predictive Gaussian), ``mse`` (standardized units) and ``kl`` (the penalty)."""
+        if self.training_draws > 1:
+            return self._mixture_loss(params, key, batch)
         if self.objective == "pets":
             return self._pets_loss(params, key, batch)
         obs, act, target = self.standardized_targets(params, batch)
         stats = jax.lax.stop_gradient(params["stats"])
         x = stats["input"].normalize(self.model_inputs(obs, act))
-        if self.training_draws > 1:
-            return self._mixture_loss(params, key, x, target)
         if self.ensemble_size is None:
             out, penalty = self._apply_with_penalty(params["net"], key, x)
         else:  # every member on the minibatch; the penalty does not depend on the member
@@ -287,10 +287,6 @@ class NetworkDynamics(GaussianDynamics):
         """``loss`` with ``objective="pets"``: every member on the minibatch as a function draw
         [k, B, ...], as ``ProbabilisticEnsemble`` trains its members."""
         obs, act, target = self.standardized_targets(params, batch)
-        if self.training_draws > 1:
-            stats = jax.lax.stop_gradient(params["stats"])
-            x = stats["input"].normalize(self.model_inputs(obs, act))
-            return self._mixture_loss(params, key, x, target)
         if self.ensemble_size is None:
             fns = {"key": key[None]}
         else:
@@ -316,19 +312,21 @@ class NetworkDynamics(GaussianDynamics):
             params, penalty, self.kl_weight)
         return loss, self._metrics(mean, logvar, target, penalty)
 
-    def _mixture_loss(self, params: Params, key: jax.Array, x: jax.Array,
-                      target: jax.Array) -> Tuple[jax.Array, dict]:
+    def _mixture_loss(self, params: Params, key: jax.Array,
+                      batch: Batch) -> Tuple[jax.Array, dict]:
         """``loss`` with ``training_draws = m > 1``: the network run ``m`` times on the
         minibatch with its layers' own estimators (keys ``split(key, m)``), each row scored by
         the NLL of the equal mixture of its ``m`` predictive Gaussians, then the objective's
         scale and penalty as with one draw. Metric ``nll``: the mixture's."""
-        m = self.training_draws
+        obs, act, target = self.standardized_targets(params, batch)
+        stats = jax.lax.stop_gradient(params["stats"])
+        x = stats["input"].normalize(self.model_inputs(obs, act))
         out, penalty = self._per_draw(self._apply_with_penalty, params["net"],
-                                      {"key": jax.random.split(key, m)}, x, x_axis=None)
+                                      {"key": jax.random.split(key, self.training_draws)}, x,
+                                      x_axis=None)
         mean, raw_logvar = self._outputs(out)
         logvar = None if raw_logvar is None else self._bounded_logvar(params, raw_logvar)
-        per_draw = self._training_nll(mean, logvar, target)  # [m, B]
-        nll = -(jax.nn.logsumexp(-per_draw, axis=0) - jnp.log(m))  # [B]
+        nll = mixture_nll(self._training_nll(mean, logvar, target))  # [B]
         penalty = penalty.mean()
         if self.objective == "pets":
             loss = self._pets_objective(params, nll.mean()[None]) + (
@@ -337,8 +335,7 @@ class NetworkDynamics(GaussianDynamics):
             loss = self._elbo_objective(params, nll.mean(), penalty, self.kl_weight)
         metrics = self._metrics(mean[0], None if logvar is None else logvar[0], target, penalty)
         # ``nll``: that of the predictive mixture the loss scores (``mse``: the first draw's).
-        predictive = self._predictive_nll(mean, logvar, target)  # [m, B]
-        metrics["nll"] = -(jax.nn.logsumexp(-predictive, axis=0) - jnp.log(m)).mean()
+        metrics["nll"] = mixture_nll(self._predictive_nll(mean, logvar, target)).mean()
         return loss, metrics
 
     def _metrics(self, mean: jax.Array, logvar: Optional[jax.Array], target: jax.Array,

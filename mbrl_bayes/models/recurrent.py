@@ -25,8 +25,14 @@ import jax.numpy as jnp
 
 from mbrl_bayes import layers as bl
 from mbrl_bayes.models.base import Batch, Functions, Params, Transition
-from mbrl_bayes.models.checks import check_obs_act, checks_draw_inputs, checks_num_draws
+from mbrl_bayes.models.checks import (
+    check_obs_act,
+    check_training_draws,
+    checks_draw_inputs,
+    checks_num_draws,
+)
 from mbrl_bayes.models.gaussian import DETERMINISTIC_STD, GaussianDynamics
+from mbrl_bayes.models.likelihood import mixture_nll
 from mbrl_bayes.models.variational import (
     DEFAULT_POSTERIOR_STDDEV_INIT,
     ESTIMATORS,
@@ -92,9 +98,7 @@ class VariationalLSTM(GaussianDynamics):
             raise ValueError(f"Unknown estimator {estimator!r}; expected one of {list(CELLS)}.")
         if int(lstm_size) <= 0 or int(sequence_length) <= 0:
             raise ValueError("lstm_size and sequence_length must be positive.")
-        if int(training_draws) != training_draws or training_draws < 1:
-            raise ValueError(f"training_draws must be a positive integer, got {training_draws}.")
-        self.training_draws = int(training_draws)
+        self.training_draws = check_training_draws(training_draws)
         self.lstm_size = int(lstm_size)
         self.sequence_length = int(sequence_length)
         self.estimator = estimator
@@ -211,13 +215,10 @@ class VariationalLSTM(GaussianDynamics):
             lambda k: self._sequence_prediction(self._train_net.apply, params, k, batch)
         )(jax.random.split(key, m))
         target, kl = target[0], kl.mean()
-
-        def mixture(per_draw):
-            return -(jax.nn.logsumexp(-per_draw, axis=0) - jnp.log(m)).mean()
-
         loss = self._elbo_objective(
-            params, mixture(self._training_nll(mean, logvar, target)), kl, self.kl_weight)
-        nll = mixture(self._predictive_nll(mean, logvar, target))
+            params, mixture_nll(self._training_nll(mean, logvar, target)).mean(), kl,
+            self.kl_weight)
+        nll = mixture_nll(self._predictive_nll(mean, logvar, target)).mean()
         return loss, {"nll": nll, "mse": jnp.square(mean[0] - target).mean(), "kl": kl}
 
     def _holdout_prediction(
