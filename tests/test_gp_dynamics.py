@@ -3,6 +3,7 @@ training, planning with every propagation mode, and the agent / CLI names ``gp``
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,40 @@ def test_fit_stats_sets_the_sgpr_optimum():
     expected = kxz @ np.linalg.solve(noise * kzz + kzx @ kxz, kzx @ y[:, 0])
     np.testing.assert_allclose(mean[:, 0], expected, atol=2e-3)
     assert np.mean((expected - y[:, 0]) ** 2) < 0.5  # half the zero predictor's error or less
+
+
+def test_the_optimal_q_survives_the_noise_floor_on_noise_free_data():
+    """A converged fit on noise-free dynamics ends at the noise floor, where ``I + A A^T /
+    noise`` is past a float32 Cholesky. The case (tests/data/gp_noise_floor.npz) is a pendulum
+    run's third output GP at its second retraining, whose q(v) came out NaN in float32: the
+    optimum must be finite and SGPR's mean (float64 numpy reference)."""
+    from mbrl_bayes.models.gp import _optimal_whitened_q
+
+    case = np.load(os.path.join(os.path.dirname(__file__), "data", "gp_noise_floor.npz"))
+    model = models.GaussianProcessDynamics(obs_dim=3, act_dim=1, hyperparameter_steps=0)
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 3), np.float32),
+                        np.zeros((1, 1), np.float32))
+    gp = dict(params["net"]["gp"])
+    gp["output_0"] = {**gp["output_0"], **{name: jnp.asarray(case[name]) for name in (
+        "inducing_inputs", "raw_lengthscale", "raw_variance")}}
+    x, y, noise = case["x"], case["y"], float(case["noise"])
+    assert noise < 3e-6 and x.shape == (400, 4)
+    loc, raw = _optimal_whitened_q(model._net.apply[2](gp, None)[0], jnp.asarray(x),
+                                   jnp.asarray(y), jnp.asarray(noise))
+    assert np.all(np.isfinite(np.asarray(loc))) and np.all(np.isfinite(np.asarray(raw)))
+    gp["output_0"] = {**gp["output_0"], "inducing_outputs_loc": loc[None],
+                      "inducing_outputs_scale_tril": raw[None]}
+    mean, var, _ = model._net.apply[0](gp, jax.random.PRNGKey(0), jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(var[:, 0]))) and np.all(np.asarray(var[:, 0]) >= 0)
+    ls, variance = (np.asarray(jax.nn.softplus(case[k]), np.float64)
+                    for k in ("raw_lengthscale", "raw_variance"))
+    z = np.asarray(case["inducing_inputs"], np.float64)
+    k = lambda a, b: np.asarray(kernel_matrix("squared_exponential", a, b, ls, variance),  # noqa: E731
+                                np.float64)
+    kzx, kxz = k(z, x), k(x, z)
+    kzz = k(z, z) + 1e-4 * variance * np.eye(len(z))
+    expected = kxz @ np.linalg.solve(noise * kzz + kzx @ kxz, kzx @ y.astype(np.float64))
+    np.testing.assert_allclose(mean[:, 0], expected, atol=0.02 * np.std(y))
 
 
 def test_fit_hyperparameters_climbs_the_collapsed_bound():
@@ -238,11 +273,39 @@ def test_calibration_has_gp_rows(tmp_path):
     assert 0.5 <= coverage90 <= 1.0, row
 
 
+def test_hyperparameter_fit_stops_when_a_chunk_no_longer_raises_the_bound():
+    """With a tolerance no chunk can meet, the fit stops after one chunk (100 steps) whatever
+    its step limit; a met tolerance keeps climbing."""
+    from mbrl_bayes.models.gp import (
+        HYPERPARAMETER_CHUNK,
+        _climb_collapsed_bound,
+        _collapsed_bound,
+        _fit_collapsed_bound,
+        _hyperparameter_optimizer,
+    )
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 2)), jnp.float32)
+    y = jnp.sin(2 * x[:, 0]) + 0.1 * jnp.asarray(rng.normal(size=64), jnp.float32)
+    theta = {"z": x[:8], "ls": jnp.ones(2), "var": jnp.asarray(1.0),
+             "noise": jnp.asarray(-1.0)}
+    steps, kernel = 3 * HYPERPARAMETER_CHUNK, "squared_exponential"
+    state = _hyperparameter_optimizer(0.03, steps).init(theta)
+    one_chunk, _, one_chunk_bound = _fit_collapsed_bound(
+        theta, state, x, y, kernel, 1e-6, HYPERPARAMETER_CHUNK, 0.03, steps)
+    stopped = _climb_collapsed_bound(theta, x, y, kernel, 1e-6, steps, 0.03, tolerance=1e9)
+    for name in theta:
+        np.testing.assert_array_equal(stopped[name], one_chunk[name])
+    climbed = _climb_collapsed_bound(theta, x, y, kernel, 1e-6, steps, 0.03, tolerance=1e-6)
+    assert float(_collapsed_bound(climbed, x, y, kernel, 1e-6)) > float(one_chunk_bound) > \
+        float(_collapsed_bound(theta, x, y, kernel, 1e-6))
+
+
 @pytest.mark.heavy  # two compiles, ~5 s
 def test_hyperparameter_fit_skips_steps_a_float32_cholesky_cannot_take():
     # Many repeated rows and a tiny noise make I + A A^T / noise singular in float32: the
     # collapsed bound's gradient is NaN there, and such steps must be skipped, not applied.
-    from mbrl_bayes.models.gp import _collapsed_bound, _fit_collapsed_bound
+    from mbrl_bayes.models.gp import _climb_collapsed_bound, _collapsed_bound
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(np.repeat(rng.normal(size=(4, 2)), 100, axis=0), jnp.float32)
@@ -251,6 +314,6 @@ def test_hyperparameter_fit_skips_steps_a_float32_cholesky_cannot_take():
              "var": jnp.asarray(1.0), "noise": jnp.asarray(-30.0)}
     grad = jax.grad(lambda t: -_collapsed_bound(t, x, y, "squared_exponential", 1e-12))(theta)
     assert not all(bool(jnp.all(jnp.isfinite(g))) for g in grad.values())
-    fitted = _fit_collapsed_bound(theta, x, y, "squared_exponential", 1e-12, 3, 0.03)
+    fitted = _climb_collapsed_bound(theta, x, y, "squared_exponential", 1e-12, 3, 0.03, 0.0)
     for name, value in fitted.items():
         assert bool(jnp.all(jnp.isfinite(value))), name

@@ -220,6 +220,7 @@ def _regression():
     return net, train(params)
 
 
+@pytest.mark.heavy  # 10-20 s: run by .ci/run's second pytest
 def test_1d_regression_90_percent_intervals_cover_85_to_95_percent():
     net, params = _regression()
     x, y = _data(jax.random.PRNGKey(2), 1000)

@@ -50,6 +50,7 @@ def pendulum_fits(pendulum_data):
     return out
 
 
+@pytest.mark.heavy  # the fixture trains five families, ~25 s: run by .ci/run's second pytest
 @pytest.mark.parametrize("name", sorted(PENDULUM_MODELS))
 def test_fits_pendulum_dynamics(pendulum_data, pendulum_fits, name):
     model, params, history = pendulum_fits[name]

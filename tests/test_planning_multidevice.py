@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -56,6 +57,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy  # a subprocess with two host devices, ~13 s: .ci/run's second pytest
 def test_two_devices_give_the_same_plan_as_one():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")

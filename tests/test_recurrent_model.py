@@ -44,6 +44,15 @@ def fitted():
     return lstm, params, history, mlp, mlp_params
 
 
+@pytest.fixture(scope="module")
+def untrained():
+    """An LSTM at its initial parameters: enough for contracts that hold for any weights."""
+    lstm = VariationalLSTM(obs_dim=1, act_dim=1, hidden_sizes=(32,), lstm_size=32,
+                           sequence_length=8)
+    return lstm, lstm.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+
+
+@pytest.mark.heavy  # the fixture trains an LSTM and an MLP, ~20 s: .ci/run's second pytest
 def test_lstm_uses_history_where_a_markov_model_cannot(fitted):
     lstm, params, history, mlp, mlp_params = fitted
     test = oscillator_buffer(20, 40, seed=1).as_dict()
@@ -61,28 +70,30 @@ def test_lstm_uses_history_where_a_markov_model_cannot(fitted):
     assert history["holdout_mse"][-1] < 0.5 * history["holdout_mse"][0]
 
 
-def test_carry_rollout_matches_sequence_prediction(fitted):
+def test_carry_rollout_matches_sequence_prediction(untrained):
     """Stepping with the carry reproduces the sequence forward pass (same draw, no noise)."""
-    lstm, params, _, _, _ = fitted
+    lstm, params = untrained
     test = oscillator_buffer(2, 12, seed=2).as_dict()
     obs, act = test["obs"].reshape(2, 12, 1), test["act"].reshape(2, 12, 1)
     key = jax.random.PRNGKey(7)
     means, _ = lstm.predict_sequence_moments(params, key, obs, act, num_draws=3)
     fns = lstm.sample_functions(params, key, 3)
     carry = lstm.initial_carry(params, fns, 2)
+    step = jax.jit(lambda c, o, a: lstm.transition(params, fns, key, o, a, sample_noise=False,
+                                                   carry=c))
     stepped = []
     for t in range(12):
         o = jnp.broadcast_to(obs[:, t], (3, 2, 1))
         a = jnp.broadcast_to(act[:, t], (3, 2, 1))
-        out = lstm.transition(params, fns, key, o, a, sample_noise=False, carry=carry)
+        out = step(carry, o, a)
         carry = out.carry
         stepped.append(out.next_obs)
     stepped = jnp.stack(stepped, axis=2)  # [k, m, T, d]
     np.testing.assert_allclose(stepped, means, rtol=1e-4, atol=1e-5)
 
 
-def test_one_draw_is_one_function(fitted):
-    lstm, params, _, _, _ = fitted
+def test_one_draw_is_one_function(untrained):
+    lstm, params = untrained
     fns = lstm.sample_functions(params, jax.random.PRNGKey(0), 2)
     obs, act = jnp.full((2, 3, 1), 0.2), jnp.full((2, 3, 1), 0.1)
     a = lstm.transition(params, fns, jax.random.PRNGKey(1), obs, act, sample_noise=False)
@@ -102,6 +113,7 @@ def test_sequence_model_needs_episodes():
         train(lstm, params, oscillator_buffer(2, 60, 0).as_dict(), jax.random.PRNGKey(0))
 
 
+@pytest.mark.heavy  # shares the trained fixture (see above)
 def test_mpc_plans_from_the_episode_history(fitted):
     """The MPC keeps the last ``sequence_length - 1`` real steps and starts its rollouts from the
     LSTM state they lead to: its one-step prediction then knows the hidden velocity."""

@@ -5,7 +5,7 @@ experiments/calibration.py's protocol (15 training / 3 held-out episodes, 64x64x
     PYTHONPATH=$PWD python docs/results/variational_calibration/ablation_lstm_gp.py \
         lstm TRAINING_DRAWS POSTERIOR_STDDEV_INIT SEED
     PYTHONPATH=$PWD python docs/results/variational_calibration/ablation_lstm_gp.py \
-        gp HYPERPARAMETER_STEPS SEED
+        gp HYPERPARAMETER_STEPS SEED      # a fixed number of steps, or `default`: to convergence
 
 Prints the 90% coverage, calibration error, NLL, RMSE and the epistemic / aleatoric variance
 (the GP's also from its analytic predictive, and per observation dimension against the truth).
@@ -42,13 +42,14 @@ def lstm(draws: int, init: float, seed: int) -> None:
                                           "epistemic_var", "aleatoric_var")})
 
 
-def gp(steps: int, seed: int) -> None:
+def gp(steps: str, seed: int) -> None:
     spec = envs.task(ENV)
     data = calibration.collect(ENV, 15, seed, spec.episode_length)
     test = calibration.collect(ENV, 3, 10_000 + seed, spec.episode_length).as_dict()
     config = dataclasses.replace(calibration.MODELS["GP"])
     model = calibration._model(config, spec, (64, 64, 64), 10)
-    model.hyperparameter_steps = steps
+    if steps != "default":
+        model.hyperparameter_steps, model.hyperparameter_tolerance = int(steps), 0.0
     key = jax.random.PRNGKey(seed)
     params = model.init(key, jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.act_dim)))
     params, _ = train(model, params, data, jax.random.fold_in(key, 1), batch_size=64,
@@ -70,4 +71,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "lstm":
         lstm(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     else:
-        gp(int(sys.argv[2]), int(sys.argv[3]))
+        gp(sys.argv[2], int(sys.argv[3]))
