@@ -245,8 +245,11 @@ def _per_trial_table(variants: Dict[str, List[str]]) -> List[str]:
 
 
 def command_line() -> str:
-    """The command that is running, quoted to be pasted back into a shell."""
-    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command that is running, quoted to be pasted back into a shell; without
+    ``--report-only``, so a report rewritten from finished runs names the command that made
+    them."""
+    args = [a for a in sys.argv[1:] if a != "--report-only"]
+    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + args)
 
 
 def select(variants: Dict[str, Variant], names: Optional[Sequence[str]]) -> Dict[str, Variant]:

@@ -130,3 +130,12 @@ def test_run_grid_reports_a_failing_run_by_name_and_finishes_the_others(tmp_path
 def _random_agent(config):
     config.agent = "random"
     return config
+
+
+def test_command_line_is_quoted_and_names_the_command_that_made_the_runs(monkeypatch):
+    from experiments.common import command_line
+
+    monkeypatch.setattr(sys, "argv", [os.path.join(os.getcwd(), "experiments", "x.py"),
+                                      "--variants", "variational MLP", "--report-only",
+                                      "--out", "o"])
+    assert command_line() == "python experiments/x.py --variants 'variational MLP' --out o"
