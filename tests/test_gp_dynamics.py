@@ -123,6 +123,7 @@ def test_fit_hyperparameters_climbs_the_collapsed_bound():
         assert bound(fitted, j) > bound(params, j) + 0.1
 
 
+@pytest.mark.heavy  # trains the shared GP and deep GP, 10-35 s
 def test_training_lowers_the_loss_and_reports_the_gaussian_nll():
     model, params, history = trained()
     assert history["train_loss"][-1] < history["train_loss"][0]
@@ -171,6 +172,7 @@ def test_contract_shapes_and_fixed_functions():
     np.testing.assert_allclose(many.variance(), var, rtol=0.25)
 
 
+@pytest.mark.heavy  # the trained GP (see above), ~8 s each
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts1", "mean", "optimistic"])
 def test_mpc_plans_with_every_propagation(propagation):
     model, params, _ = trained()

@@ -97,6 +97,7 @@ def test_epistemic_spread_grows_off_data(noisy_pe):
     assert epistemic(off) > 10 * epistemic(on)
 
 
+@pytest.mark.heavy  # shares the five-family fixture (~25-40 s)
 def test_same_draw_same_mean_prediction(pendulum_fits):
     for name, (model, params, _) in pendulum_fits.items():
         fns = model.sample_functions(params, jax.random.PRNGKey(3), 2)
@@ -109,6 +110,7 @@ def test_same_draw_same_mean_prediction(pendulum_fits):
         np.testing.assert_allclose(a.next_obs[0], a.next_obs[0, :1].repeat(4, 0), atol=1e-6)
 
 
+@pytest.mark.heavy  # shares the five-family fixture (~25-40 s)
 def test_draws_differ_and_noise_depends_on_key(pendulum_fits):
     model, params, _ = pendulum_fits["dropout"]
     fns = model.sample_functions(params, jax.random.PRNGKey(3), 2)
@@ -126,6 +128,7 @@ def test_draws_differ_and_noise_depends_on_key(pendulum_fits):
     np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.heavy  # shares the five-family fixture (~25-40 s)
 def test_ensemble_variants_and_elites(pendulum_fits):
     assert ProbabilisticEnsemble(obs_dim=1, act_dim=1, ensemble_size=1,
                                  probabilistic=False).variant == "D"
