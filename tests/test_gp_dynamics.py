@@ -222,7 +222,28 @@ def test_deep_gp_trains_and_draws_compose():
     assert np.sqrt(np.mean(err[:, 2] ** 2)) < 0.2 * np.std(data["next_obs"][:, 2]) + 0.2
 
 
+def test_deep_gp_inner_layer_starts_near_the_identity():
+    """Before any data, an inner layer's draws are the identity plus a residual of prior
+    variance ``inner_variance_init``: at the default 1e-3 the deep GP starts as a single GP on
+    the (nearly) unchanged inputs; at the layers' own default of 1 it scatters them."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
+    spread = {}
+    for variance in (1e-3, 1.0):
+        kwargs = {} if variance == 1e-3 else {"inner_variance_init": variance}
+        model = models.GaussianProcessDynamics(obs_dim=3, act_dim=1, num_inducing=16, depth=2,
+                                               num_features=128, **kwargs)
+        params = model.init(jax.random.PRNGKey(1), np.zeros((1, 3)), np.zeros((1, 1)))
+        fns = model.sample_functions(params, jax.random.PRNGKey(2), 16)
+        inner = jax.vmap(lambda fn: fn(x))(fns["layers"][0])  # [16, 64, 4]
+        spread[variance] = float(jnp.sqrt(jnp.mean((inner - x) ** 2)))
+    # A residual of prior variance v has rms sqrt(v) away from the inducing points, less near.
+    assert 0.3 * np.sqrt(1e-3) < spread[1e-3] < 1.5 * np.sqrt(1e-3)
+    assert 0.3 < spread[1.0] < 1.5
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="inner_variance_init"):
+        models.GaussianProcessDynamics(obs_dim=3, act_dim=1, depth=2, inner_variance_init=0.0)
     with pytest.raises(ValueError, match="num_inducing"):
         models.GaussianProcessDynamics(obs_dim=3, act_dim=1, num_inducing=0)
     with pytest.raises(ValueError, match="depth"):

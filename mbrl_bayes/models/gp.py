@@ -32,8 +32,15 @@ class GaussianProcessDynamics(GaussianDynamics):
     Depth 1: one SVGP per target dimension (own kernel hyperparameters, ARD lengthscales and
     ``num_inducing`` inducing points each, as in PILCO's independent GPs). Depth ``L > 1``: a
     deep GP (Salimbeni & Deisenroth 2017) of ``L - 1`` inner layers ``in_dim -> in_dim`` with the
-    identity mean function (their ``q(v)`` starts at ``1e-3 * I``: the network starts close to
-    a single GP), then the per-dimension output GPs on the inner layers' pathwise sample.
+    identity mean function, then the per-dimension output GPs on the inner layers' pathwise
+    sample. The inner layers' kernel variance starts at ``inner_variance_init`` (``1e-3``, in
+    standardized units) and their ``q(v)`` at ``1e-3 * I``, so the network starts close to a
+    single GP and the ELBO grows the inner layers where the data asks for it. A small whitened
+    ``q(v)`` alone does not do that: between inducing points an inner layer's draws keep its
+    prior variance, and at variance 1 (the layers' default) they scattered the output GPs'
+    inputs enough that the fitted noise came out 2.2x the true one and the 90% intervals
+    covered 0.99 on ``cartpole_swingup_noisy`` (seed 0; inner variance 1e-2: 0.96, 1e-3: 0.92,
+    with RMSE 0.052 against the oracle's 0.052).
 
     ``loss`` is the negative ELBO per data point: minus the expected Gaussian log-likelihood of
     the minibatch (summed over target dims, averaged over rows; for a deep GP with the inner
@@ -89,6 +96,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         num_eval_draws: int = 8,
         hyperparameter_steps: int = 3000,
         hyperparameter_tolerance: float = 2e-3,
+        inner_variance_init: float = 1e-3,
         ignored_obs_dims: Sequence[int] = (),
     ):
         if kernel not in KERNEL_ALIASES:
@@ -119,6 +127,9 @@ class GaussianProcessDynamics(GaussianDynamics):
             raise ValueError(f"hyperparameter_tolerance must be >= 0, got "
                              f"{hyperparameter_tolerance}.")
         self.hyperparameter_tolerance = float(hyperparameter_tolerance)
+        if not float(inner_variance_init) > 0:
+            raise ValueError(f"inner_variance_init must be > 0, got {inner_variance_init}.")
+        self.inner_variance_init = float(inner_variance_init)
         self._net = hk.multi_transform(self._modules)
 
     # ----------------------------------------------------------------- the GP network
@@ -126,6 +137,7 @@ class GaussianProcessDynamics(GaussianDynamics):
         inner = [bl.SparseGaussianProcess(
             self.in_dim, self.num_inducing, self.kernel, "identity", name=f"inner_{i}",
             num_features=self.num_features, lengthscale_init=1.0,
+            variance_init=self.inner_variance_init,
             inducing_outputs_initializer=bl.TrainableMultivariateNormalTriL(scale_init=1e-3))
             for i in range(self.depth - 1)]
         heads = [bl.SparseGaussianProcess(
