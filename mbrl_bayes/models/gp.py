@@ -365,6 +365,7 @@ def _optimal_whitened_q(posterior: bl.SparseGPPosterior, x: jax.Array, y: jax.Ar
     return jnp.asarray(loc, jnp.float32), jnp.asarray(raw, jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("kernel", "noise_floor"))
 def _collapsed_bound(theta: dict, x: jax.Array, y: jax.Array, kernel: str,
                      noise_floor: float) -> jax.Array:
     """Titsias' (2009) collapsed SGPR bound per data point for one output, whitened, with the
@@ -386,9 +387,6 @@ def _collapsed_bound(theta: dict, x: jax.Array, y: jax.Array, kernel: str,
     return (log_marginal - trace) / n
 
 
-# The starting bound of each fit, compiled: eager, its dozen ops dispatch one by one.
-_compiled_collapsed_bound = jax.jit(_collapsed_bound, static_argnames=("kernel", "noise_floor"))
-
 HYPERPARAMETER_CHUNK = 100  # Adam steps per compiled call of the hyperparameter fit
 
 
@@ -407,8 +405,7 @@ def _climb_collapsed_bound(theta: dict, x: jax.Array, y: jax.Array, kernel: str,
     ``tolerance > 0``, stops after the first chunk that raises the bound by less than it."""
     optimizer = _hyperparameter_optimizer(learning_rate, steps)
     state = optimizer.init(theta)
-    bound = (float(_compiled_collapsed_bound(theta, x, y, kernel, noise_floor)) if tolerance > 0
-             else 0.0)
+    bound = float(_collapsed_bound(theta, x, y, kernel, noise_floor)) if tolerance > 0 else 0.0
     done = 0
     while done < steps:
         chunk = min(HYPERPARAMETER_CHUNK, steps - done)
