@@ -5,7 +5,7 @@ from agents.config import ModelConfig, PlannerConfig, RunConfig, TrainConfig
 from agents.episode import run_episode
 from agents.factory import build_agent, build_model, build_optimizer, load_network
 from agents.plotting import plot_returns
-from agents.run import Run, evaluate
+from agents.run import Run, evaluate, evaluate_episodes
 from agents.run_folder import RunError, read_metrics
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "evaluate",
+    "evaluate_episodes",
     "load_network",
     "plot_returns",
     "read_metrics",

@@ -8,7 +8,9 @@ continues from the last finished trial with the replay buffer intact. Randomness
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+import copy
+import dataclasses
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jax
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 import envs
 from agents.calibration import calibration
 from agents.checkpoint import CheckpointError
-from agents.config import RunConfig
+from agents.config import PlannerConfig, RunConfig
 from agents.episode import env_seed, episode_key, run_episode
 from agents.factory import build_agent
 from agents.progress import episode_bar, trial_summary
@@ -170,10 +172,18 @@ def _check_input_width(run: Run, out_dir: str) -> None:
         f"an older version: start a new run.")
 
 
-def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = False,
-             network: Optional[Any] = None) -> List[float]:
-    """Returns of ``episodes`` episodes of the run's saved agent (``network``: the network
-    of a run of model ``network``, which the run folder never imports by itself)."""
+def evaluate_episodes(run_dir: str, episodes: int, seed: int = 12345,
+                      network: Optional[Any] = None,
+                      planner: Optional[Mapping[str, Any]] = None) -> List[Dict[str, float]]:
+    """``episodes`` episodes of the run's saved agent: per episode its ``return``, ``steps`` and
+    ``seconds_per_action`` (planning only). The env seeds depend only on ``seed``, so two calls
+    with the same ``seed`` face the same episodes.
+
+    ``planner`` replaces fields of the run's ``PlannerConfig`` (e.g. ``{"optimizer": "cem",
+    "population": 500}``) to plan with the run's trained model under another planner; a
+    one-line RunError names an unknown field. ``network``: the network of a run of model
+    ``network``, which the run folder never imports by itself.
+    """
     if episodes <= 0:
         raise RunError(f"episodes must be positive, got {episodes}.")
     run = Run.resume(run_dir, network=network)
@@ -181,13 +191,34 @@ def evaluate(run_dir: str, episodes: int, seed: int = 12345, progress: bool = Fa
         raise RunError(f"{run_dir} has no trained model yet (no finished trial).")
     if run.config.agent != "random" and run.agent.params is None:
         raise CheckpointError(f"{run_dir}/{MODEL} is missing.")
+    agent = run.agent
+    if planner:
+        known = [f.name for f in dataclasses.fields(PlannerConfig)]
+        unknown = [name for name in planner if name not in known]
+        if unknown:
+            raise RunError(f"planner has no field {unknown[0]!r}; known: {', '.join(known)}.")
+        config = copy.deepcopy(run.config)
+        config.planner = dataclasses.replace(config.planner, **planner)
+        try:
+            config.validate()
+        except ValueError as error:
+            raise RunError(str(error)) from None
+        agent = build_agent(config, network)
+        agent.params = run.agent.params
     env = run.spec.make()
-    returns = []
+    results = []
     try:
         for i in range(episodes):
-            out = run_episode(env, run.agent, episode_key(seed, _EVALUATE, i),
+            out = run_episode(env, agent, episode_key(seed, _EVALUATE, i),
                               env_seed(seed, _EVALUATE, i), run.episode_length)
-            returns.append(out["return"])
+            results.append({"return": out["return"], "steps": out["steps"],
+                            "seconds_per_action": out["seconds_plan"] / out["steps"]})
     finally:
         env.close()
-    return returns
+    return results
+
+
+def evaluate(run_dir: str, episodes: int, seed: int = 12345, network: Optional[Any] = None,
+             planner: Optional[Mapping[str, Any]] = None) -> List[float]:
+    """Returns of ``episodes`` episodes of the run's saved agent (see ``evaluate_episodes``)."""
+    return [e["return"] for e in evaluate_episodes(run_dir, episodes, seed, network, planner)]

@@ -4,7 +4,7 @@
     mbrl-bayes train --env cartpole_swingup --agent pets --trials 10 --seed 0 --out runs/x
     mbrl-bayes train --resume runs/x [--trials 15]     # continue an interrupted / finished run
     mbrl-bayes train --env pendulum --network my_nets.py:network   # your own network's model
-    mbrl-bayes evaluate runs/x --episodes 5
+    mbrl-bayes evaluate runs/x --episodes 5 [--set planner.population=500 ...]  # other planner
     mbrl-bayes plot runs/a runs/b ... -o curves.png
     mbrl-bayes config --env pendulum > run.json        # the full default config, for --config
 
@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from agents.config import AGENT_NAMES, FUSED_KERNELS, MODEL_NAMES
 from experiments.presets import preset_config
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=_positive_int, default=5)
     evaluate.add_argument("--seed", type=int, default=12345)
     evaluate.add_argument("--network", help="the run's --network (a run never imports code)")
+    evaluate.add_argument("--set", dest="planner_overrides", action="append", default=[],
+                          metavar="planner.FIELD=VALUE",
+                          help="plan with the run's trained model under another planner, e.g. "
+                               "--set planner.optimizer=cem --set planner.population=500 "
+                               "(repeatable; `mbrl-bayes config` lists the fields)")
 
     plot = sub.add_parser("plot", help="overlay learning curves of runs")
     plot.add_argument("runs", nargs="+", help="run folders")
@@ -209,15 +214,34 @@ def _with_env(config, env: str):
     return RunConfig.from_dict(data)
 
 
+def _planner_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``planner.FIELD=VALUE`` items as ``{FIELD: value}`` (VALUE JSON or a bare string)."""
+    from experiments.tune import parse_value
+
+    fields = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        section, dot, name = path.partition(".")
+        if not sep or section != "planner" or not dot or not name:
+            raise ValueError(f"--set {item!r}: expected planner.FIELD=VALUE (evaluate changes "
+                             f"only the planner; the model is the run's).")
+        fields[name] = parse_value(text)
+    return fields
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from agents import evaluate
+    from agents import evaluate_episodes
 
-    returns = evaluate(args.run, args.episodes, seed=args.seed,
-                       network=_run_network(args.run, args.network))
+    planner = _planner_overrides(args.planner_overrides)
+    episodes = evaluate_episodes(args.run, args.episodes, seed=args.seed,
+                                 network=_run_network(args.run, args.network), planner=planner)
+    returns = [e["return"] for e in episodes]
+    seconds = np.median([e["seconds_per_action"] for e in episodes])
     print(f"return over {len(returns)} episodes: {np.mean(returns):.2f} +- {np.std(returns):.2f}"
-          f"  ({', '.join(f'{r:.1f}' for r in returns)})")
+          f"  ({', '.join(f'{r:.1f}' for r in returns)}); planning {seconds:.3f} s per action"
+          f" (median over episodes)")
     return 0
 
 

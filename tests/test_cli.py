@@ -113,6 +113,34 @@ def test_evaluate_and_plot(trained_run, tmp_path, capsys):
     assert os.path.getsize(png) > 1000
 
 
+def test_evaluate_with_another_planner(trained_run, capsys):
+    """``evaluate --set planner.FIELD=VALUE`` plans with the run's trained model under another
+    planner, on the same episodes (env seeds) as the run's own planner."""
+    from agents import evaluate_episodes
+
+    base = evaluate_episodes(trained_run, 2)
+    assert [e["steps"] for e in base] == [TINY["episode_length"]] * 2
+    assert all(e["seconds_per_action"] > 0 for e in base)
+    unchanged = evaluate_episodes(trained_run, 2, planner={"population": 16, "elites": 4})
+    assert [e["return"] for e in unchanged] == [e["return"] for e in base]
+    other = evaluate_episodes(trained_run, 2, planner={"horizon": 2, "num_particles": 2})
+    assert [e["return"] for e in other] != [e["return"] for e in base]
+
+    assert main(["evaluate", trained_run, "--episodes", "1", "--set", "planner.horizon=2",
+                 "--set", "planner.num_particles=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"({other[0]['return']:.1f})" in out and "s per action" in out
+    for items, message in ((["planner.nope=1"], "planner has no field 'nope'"),
+                           (["model.name=gp"], "expected planner.FIELD=VALUE"),
+                           (["planner.elites=999"], "elites")):
+        argv = ["evaluate", trained_run, "--episodes", "1"]
+        for item in items:
+            argv += ["--set", item]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--env", "nope"], "Unknown task 'nope'"),
     (["train", "--agent", "nope"], "argument --agent: invalid choice: 'nope'"),
