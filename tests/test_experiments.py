@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import (
@@ -139,3 +140,34 @@ def test_command_line_is_quoted_and_names_the_command_that_made_the_runs(monkeyp
                                       "--variants", "variational MLP", "--report-only",
                                       "--out", "o"])
     assert command_line() == "python experiments/x.py --variants 'variational MLP' --out o"
+
+
+def test_pusher_contact_stats_on_known_transitions():
+    """A fingertip that descends onto the object and pushes it 1 cm per step for 2 steps: the
+    closest approach, the height above the object, the path length and the pushes are exact."""
+    from experiments.pusher_contact import contact_stats
+
+    T = 5
+    obs = np.zeros((T, 23))
+    obs[:, 17:20] = [0.5, 0.0, -0.275]                      # object
+    tip_z = np.array([0.3, 0.2, 0.1, 0.0, 0.0])            # above the object, then level
+    obs[:, 14:17] = np.stack([np.full(T, 0.45), np.zeros(T), -0.275 + tip_z], -1)  # 5 cm beside
+    next_obs = obs.copy()
+    next_obs[:-1, 14:17] = obs[1:, 14:17]
+    next_obs[-1, 14:17] = obs[-1, 14:17]
+    next_obs[3:, 17] += 0.01                                # two steps push it 1 cm each
+    stats = contact_stats(obs, next_obs)
+    assert stats["pushes"] == 2
+    np.testing.assert_allclose(stats["object_moved"], 0.02, atol=1e-12)
+    np.testing.assert_allclose(stats["min_tip_height"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(stats["min_tip_distance"], 0.05, atol=1e-12)
+    with pytest.raises(ValueError, match=r"Pusher-v5 transitions \[T, 23\]"):
+        contact_stats(obs[:, :10], next_obs[:, :10])
+
+
+def test_pusher_contact_refuses_a_folder_without_a_run(tmp_path, capsys):
+    from experiments import pusher_contact
+
+    assert pusher_contact.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pusher_contact: ") and len(err.strip().splitlines()) == 1
