@@ -3,8 +3,9 @@
     python benchmarks/seconds_per_action.py --env cartpole_swingup --models pe gp
     python benchmarks/seconds_per_action.py --env halfcheetah --set planner.num_particles=10
 
-For each model: the preset of ``--env`` (``experiments/presets.py``) with ``model.name`` set,
-trained by the agent (``ModelBasedAgent.update``, the preset's training settings) on the preset's
+For each model: the preset of ``--env`` (a task or a named preset such as ``halfcheetah_cem``,
+``experiments/presets.py``) with ``model.name`` set, trained by the agent
+(``ModelBasedAgent.update``, the preset's training settings) on the preset's
 ``seed_steps`` random steps of the real env, then one episode from the env's start state in which
 the first action (the compile) is excluded and the next ``--actions`` are timed one by one
 (wall clock, ``mpc.act`` including the transfer of the action to the host; and the process's
@@ -33,6 +34,7 @@ import envs  # noqa: E402
 from agents.episode import env_seed  # noqa: E402
 from agents.factory import build_agent  # noqa: E402
 from benchmarks.common import preset_with, random_buffer  # noqa: E402
+from experiments.presets import NAMED_PRESETS  # noqa: E402
 
 
 def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
@@ -70,7 +72,8 @@ def seconds_per_action(env_name: str, model: str, actions: int, overrides: list,
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--env", required=True, choices=envs.names())
+    parser.add_argument("--env", required=True, choices=envs.names() + sorted(NAMED_PRESETS),
+                        help="a task (its preset) or a named preset, e.g. halfcheetah_cem")
     parser.add_argument("--models", nargs="+", default=["pe"])
     parser.add_argument("--actions", type=int, default=20, help="timed actions per model")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

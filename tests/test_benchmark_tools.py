@@ -87,3 +87,19 @@ def test_count_spill_instructions():
 def test_occupancy(registers, warps, shared_kb, programs, per_sm, waves):
     out = triton_resources.occupancy(registers, warps, shared_kb, programs)
     assert out == {"programs": programs, "programs_per_sm": per_sm, "waves": waves}
+
+
+def test_seconds_per_action_times_named_presets():
+    """``seconds_per_action.py --env halfcheetah_cem`` times PETS's CEM preset of HalfCheetah,
+    so that every preset's cost in README has a command."""
+    import seconds_per_action
+
+    from benchmarks.common import preset_with
+
+    args = seconds_per_action.make_parser().parse_args(["--env", "pusher_cem"])
+    config = preset_with(args.env, [])
+    assert config.env == "pusher"
+    assert (config.planner.optimizer, config.planner.population, config.planner.iterations,
+            config.planner.num_particles, config.planner.horizon) == ("cem", 500, 5, 20, 25)
+    with pytest.raises(SystemExit):
+        seconds_per_action.make_parser().parse_args(["--env", "nope"])
